@@ -1,0 +1,38 @@
+"""gradcam-audit: what does an image classifier really look at, across a whole dataset?
+
+``audit`` runs an audit (the Prefect flow :func:`pipeline.flows.audit_flow`) and returns its tables; TensorFlow and
+Prefect are imported only when it is called.
+"""
+
+from __future__ import annotations
+
+from .config import AuditConfig, AuditResult
+from .errors import AuditError
+
+__all__ = ["AuditConfig", "AuditError", "AuditResult", "audit"]
+
+
+def audit(dataset: str = "demo", split: str = "test", **options) -> AuditResult:
+    """Audit every sample of ``split`` of ``dataset`` and write its report.
+
+    ``options`` are the fields of :class:`AuditConfig` (``model``, ``layer``, ``batch_size``, ``out``, ...).
+    Returns an :class:`AuditResult` with the report directory and the ``samples`` and ``classes`` DataFrames.
+    Raises :class:`AuditError` for a mistake in the options or the inputs.
+    """
+    import dataclasses
+    from datetime import datetime
+
+    from .settings import apply_environment_defaults
+
+    known = {f.name for f in dataclasses.fields(AuditConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise AuditError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    config = AuditConfig(dataset=dataset, split=split, **options)
+    apply_environment_defaults()
+    from .flows import audit_flow, check_config, default_out_dir
+
+    if config.out is None:
+        config = dataclasses.replace(config, out=str(default_out_dir(config, datetime.now())))
+    check_config(config)  # user errors surface here, before Prefect starts
+    return audit_flow(**config.as_dict())

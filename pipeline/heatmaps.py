@@ -1,0 +1,130 @@
+"""Statistics of Grad-CAM heatmaps, vectorised over a batch.
+
+Every function takes heatmaps as *mass distributions*: an array ``mass`` of shape (N, H, W), non-negative, each map
+summing to 1 (see :func:`to_mass`). A map that could not be normalised (all zero, or non-finite) is a row of NaN,
+and every statistic of it is NaN; callers record it through the ``valid`` flag of :func:`to_mass`.
+
+Region statistics are *focus ratios*: the mass inside a region divided by the region's share of the image area, so
+1.0 means no preference for the region, above 1 means the heatmap is drawn to it, and the maximum, ``1 / share``,
+means all the mass sits inside it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Width of the border band as a fraction of the shorter side (4 px on a 32 px image).
+BORDER_FRACTION = 0.125
+#: Side of each corner square as a fraction of the image side (8 px on a 32 px image).
+CORNER_FRACTION = 0.25
+CORNERS: tuple[str, ...] = ("top-left", "top-right", "bottom-left", "bottom-right")
+
+
+def to_mass(cams: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Normalise raw non-negative heatmaps (N, H, W) to sum 1 each.
+
+    Returns
+    -------
+    mass : float32 (N, H, W); rows whose sum is zero or not finite are NaN.
+    valid : bool (N,); False for those rows.
+    """
+    cams = np.asarray(cams, dtype=np.float64)
+    total = cams.sum(axis=(1, 2))
+    valid = np.isfinite(total) & (total > 0) & np.isfinite(cams).all(axis=(1, 2))
+    safe_total = np.where(valid, total, 1.0)[:, None, None]
+    mass = np.where(valid[:, None, None], np.clip(cams, 0, None) / safe_total, np.nan)
+    return mass.astype(np.float32), valid
+
+
+def border_band(height: int, width: int, fraction: float = BORDER_FRACTION) -> np.ndarray:
+    """Boolean (H, W) mask of the outer band, ``max(1, round(fraction * min(H, W)))`` pixels wide."""
+    k = max(1, int(round(fraction * min(height, width))))
+    band = np.ones((height, width), dtype=bool)
+    band[k : height - k, k : width - k] = False
+    return band
+
+
+def corner_regions(height: int, width: int, fraction: float = CORNER_FRACTION) -> np.ndarray:
+    """Boolean (4, H, W) masks of the corner squares in :data:`CORNERS` order, each ``fraction`` of a side."""
+    kh, kw = max(1, int(round(fraction * height))), max(1, int(round(fraction * width)))
+    regions = np.zeros((4, height, width), dtype=bool)
+    regions[0, :kh, :kw] = True
+    regions[1, :kh, width - kw :] = True
+    regions[2, height - kh :, :kw] = True
+    regions[3, height - kh :, width - kw :] = True
+    return regions
+
+
+def region_focus(mass: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Mass inside ``region`` (H, W) divided by the region's area share.
+
+    ``focus = sum(mass[region]) / (|region| / (H * W))``; range [0, H * W / |region|], 1 = no preference.
+    """
+    share = region.mean()
+    return mass[:, region].sum(axis=1) / share
+
+
+def border_focus(mass: np.ndarray, fraction: float = BORDER_FRACTION) -> np.ndarray:
+    """Border focus: heatmap mass in the outer band over the band's area share (see :func:`region_focus`).
+
+    With the default 4 px band on 32 px images the band covers 43.75% of the area, so the range is [0, 2.29].
+    """
+    return region_focus(mass, border_band(*mass.shape[1:], fraction))
+
+
+def corner_focus(mass: np.ndarray, fraction: float = CORNER_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+    """Corner focus: the largest of the four corners' focus ratios, and which corner it is.
+
+    ``corner_focus = max_c sum(mass[corner_c]) / share_c``; range [0, 1 / fraction**2] (16 by default).
+
+    Returns
+    -------
+    focus : float (N,)
+    corner : int (N,), an index into :data:`CORNERS`.
+    """
+    regions = corner_regions(*mass.shape[1:], fraction)
+    per_corner = np.einsum("nhw,chw->nc", mass, regions.astype(mass.dtype)) / regions.mean(axis=(1, 2))
+    corner = np.nanargmax(np.where(np.isnan(per_corner), -np.inf, per_corner), axis=1)
+    return per_corner.max(axis=1), corner
+
+
+def background_attention(mass: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """Background attention: the heatmap mass outside the object, ``sum(mass[~foreground])``; range [0, 1].
+
+    ``foreground`` is a boolean (N, H, W) mask at the heatmaps' resolution, True on the object.
+    """
+    return np.where(foreground, 0.0, mass).sum(axis=(1, 2))
+
+
+def concentration(mass: np.ndarray) -> np.ndarray:
+    """Concentration: one minus the normalised Shannon entropy of the map.
+
+    ``1 - H(mass) / log(H * W)`` with ``H(p) = -sum p log p``; range [0, 1]: 0 for a uniform map, 1 for all the
+    mass on one pixel.
+    """
+    plogp = np.where(mass > 0, mass * np.log(np.where(mass > 0, mass, 1.0)), 0.0)
+    entropy = -plogp.sum(axis=(1, 2))
+    return 1.0 - entropy / np.log(mass.shape[1] * mass.shape[2])
+
+
+def centre_of_mass(mass: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centre of mass (row, column) as fractions of the height and width of pixel centres; range [0, 1]."""
+    h, w = mass.shape[1:]
+    rows = (np.arange(h) + 0.5) / h
+    cols = (np.arange(w) + 0.5) / w
+    return mass.sum(axis=2) @ rows, mass.sum(axis=1) @ cols
+
+
+def summarise(mass: np.ndarray, foreground: np.ndarray) -> dict[str, np.ndarray]:
+    """All per-sample statistics of a batch, as columns for the samples table."""
+    corner, which = corner_focus(mass)
+    com_row, com_col = centre_of_mass(mass)
+    return {
+        "border_focus": border_focus(mass),
+        "corner_focus": corner,
+        "focus_corner": np.where(np.isnan(corner), "", np.asarray(CORNERS)[which]),
+        "background_attention": background_attention(mass, foreground),
+        "concentration": concentration(mass),
+        "com_row": com_row,
+        "com_col": com_col,
+    }

@@ -1,0 +1,147 @@
+"""Turn a finished audit's tables into a complete report directory (HTML from ``templates/``, data files, images).
+
+The directory appears atomically: everything is written into a hidden sibling directory that is renamed into place
+only when complete, so a report directory is either whole or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import jinja2
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from PIL import Image
+
+from .datasets import Source
+from .errors import AuditError
+from .findings import AuditTables
+from .gradcam import upsample
+
+#: Colormap of every heatmap image in the report.
+COLORMAP = "inferno"
+#: Side in pixels of the images the report shows (small images are upscaled for the eye).
+DISPLAY_SIZE = 96
+
+
+def templates_dir() -> Path:
+    """The Jinja templates: inside the installed package, or at the root of a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "templates", here.parent / "templates"):
+        if (candidate / "index.html").exists():
+            return candidate
+    raise RuntimeError("the report templates are missing from this installation of gradcam-audit")
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir()),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["pct"] = lambda x: "n/a" if x is None or not np.isfinite(x) else f"{x:.0%}"
+    env.filters["num"] = lambda x, digits=2: "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+    return env
+
+
+def _heat_rgb(maps: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Upsample raw maps (N, h, w) to ``size``, scale each to [0, 1] by its maximum, and colour them.
+
+    Returns the scaled maps (N, H, W) and the RGB images (N, H, W, 3) uint8; an all-zero map stays black.
+    """
+    up = np.nan_to_num(upsample(maps, size))
+    peak = up.max(axis=(1, 2), keepdims=True)
+    scaled = np.divide(up, peak, out=np.zeros_like(up), where=peak > 0)
+    rgb = (colormaps[COLORMAP](scaled)[..., :3] * 255).astype(np.uint8)
+    return scaled, rgb
+
+
+def _display(image: np.ndarray) -> Image.Image:
+    pil = Image.fromarray(image)
+    if max(pil.size) < DISPLAY_SIZE:
+        scale = DISPLAY_SIZE / max(pil.size)
+        pil = pil.resize((round(pil.width * scale), round(pil.height * scale)), Image.Resampling.NEAREST)
+    return pil
+
+
+def _sample_cards(source: Source, tables: AuditTables, rows: pd.DataFrame, assets: Path, prefix: str) -> list[dict]:
+    """Write original / heatmap / overlay images of ``rows`` and return what the templates show of them."""
+    if rows.empty:
+        return []
+    images = source.load(rows["sample_id"].tolist())
+    scaled, heat = _heat_rgb(tables.cams[rows.index.to_numpy()], images.shape[1:3])
+    # Overlay: blend the heatmap in proportion to its strength, so cold regions show the image unchanged.
+    alpha = 0.65 * scaled[..., None]
+    overlay = (images * (1 - alpha) + heat * alpha).astype(np.uint8)
+    cards = []
+    for i, (_, row) in enumerate(rows.iterrows()):
+        files = {}
+        for kind, picture in (("image", images[i]), ("heatmap", heat[i]), ("overlay", overlay[i])):
+            name = f"{prefix}-{i:03d}-{kind}.png"
+            _display(picture).save(assets / name)
+            files[kind] = f"assets/{name}"
+        cards.append({**row.to_dict(), **files})
+    return cards
+
+
+def write_report(out_dir: Path, source: Source, tables: AuditTables, gallery_size: int = 24) -> Path:
+    """Write the complete report directory ``out_dir`` and return it; refuses to overwrite an existing one."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise AuditError(f"report directory {str(out_dir)!r} already exists; choose another --out")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        assets = tmp / "assets"
+        assets.mkdir(parents=True)
+        _write_report_files(tmp, assets, source, tables, gallery_size)
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _write_report_files(tmp: Path, assets: Path, source: Source, tables: AuditTables, gallery_size: int) -> None:
+    samples, classes = tables.samples, tables.classes
+    samples.to_parquet(tmp / "samples.parquet", index=False)
+    samples.to_csv(tmp / "samples.csv", index=False)
+    classes.to_csv(tmp / "classes.csv", index=False)
+    (tmp / "audit.json").write_text(json.dumps(tables.meta, indent=2, default=str))
+    np.savez_compressed(tmp / "cams.npz", sample_id=samples["sample_id"].to_numpy(dtype=str), cam=tables.cams)
+    for name in ("report.css", "report.js"):
+        shutil.copyfile(templates_dir() / "static" / name, assets / name)
+
+    image_size = source.image_shape[:2]
+    _, mean_heat = _heat_rgb(np.nan_to_num(tables.class_mean_cams), image_size)
+    class_rows = []
+    for k, row in classes.iterrows():
+        name = f"class-{k:03d}-mean.png"
+        _display(mean_heat[k]).save(assets / name)
+        class_rows.append({**row.to_dict(), "mean_heatmap": f"assets/{name}"})
+
+    findings = []
+    for row in (r for r in class_rows if r["flagged"]):
+        mine = samples[samples["label"] == row["class"]].nlargest(8, row["shortcut_statistic"])
+        findings.append({**row, "strip": _sample_cards(source, tables, mine, assets, f"finding-{row['class']:03d}")})
+
+    valid = samples[samples["cam_valid"]]
+    gallery = _sample_cards(source, tables, valid.nlargest(gallery_size, "border_focus"), assets, "border")
+    relabel = samples[samples["is_label_issue"]].nlargest(gallery_size, "relabel_score")
+    relabel_cards = _sample_cards(source, tables, relabel, assets, "relabel")
+
+    html = _environment().get_template("index.html").render(
+        meta=tables.meta,
+        classes=class_rows,
+        findings=findings,
+        gallery=gallery,
+        relabel=relabel_cards,
+        relabel_total=int(samples["is_label_issue"].sum()),
+        empty_cams=int((~samples["cam_valid"]).sum()),
+    )
+    (tmp / "index.html").write_text(html, encoding="utf-8")
