@@ -86,20 +86,25 @@ def fingerprint_arrays(*arrays: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
+def check_spec(spec: SourceSpec) -> None:
+    """Raise :class:`AuditError` for a spec that cannot be opened, without opening it."""
+    if spec.kind != "synthetic":
+        raise AuditError(f"unknown source kind {spec.kind!r}")
+    if spec.split not in ("train", "test"):
+        raise AuditError(f"the demo dataset has splits 'train' and 'test', not {spec.split!r}")
+    if spec.planted_class not in synthetic.SHAPES:
+        raise AuditError(f"planted class {spec.planted_class!r} is not one of {', '.join(synthetic.SHAPES)}")
+
+
 @functools.lru_cache(maxsize=4)
 def open_source(spec: SourceSpec) -> Source:
     """Open the source a spec describes; cached per process, since shards of one run share it."""
-    if spec.kind != "synthetic":
-        raise AuditError(f"unknown source kind {spec.kind!r}")
+    check_spec(spec)
     return _open_synthetic(spec)
 
 
 def _open_synthetic(spec: SourceSpec) -> Source:
     sizes = {"train": spec.train_size, "test": spec.test_size}
-    if spec.split not in sizes:
-        raise AuditError(f"the demo dataset has splits 'train' and 'test', not {spec.split!r}")
-    if spec.planted_class not in synthetic.SHAPES:
-        raise AuditError(f"planted class {spec.planted_class!r} is not one of {', '.join(synthetic.SHAPES)}")
     mark = synthetic.PlantedMark(spec.planted_class)
     # Distinct, seed-derived streams per split so train and test never share images.
     split_seed = [spec.seed, ("train", "test").index(spec.split)]

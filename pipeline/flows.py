@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from . import findings, models, report, samples
 from .config import AuditConfig, AuditResult
-from .datasets import SourceSpec, open_source
+from .datasets import SourceSpec, check_spec, open_source
 from .errors import AuditError
 from .gradcam import GradCAM
 from .settings import cache_dir
@@ -55,7 +55,7 @@ def default_out_dir(config: AuditConfig, now: datetime) -> Path:
 
 def check_config(config: AuditConfig) -> None:
     """Raise :class:`AuditError` for what can be seen to be wrong before the flow starts."""
-    source_spec(config)
+    check_spec(source_spec(config))
     if config.model is not None:
         models.check_model_file(config.model)
     if config.out is not None and Path(config.out).exists():

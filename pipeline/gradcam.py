@@ -130,7 +130,9 @@ class GradCAM:
             raise AuditError(f"unknown Grad-CAM method {method!r}; choose from {', '.join(METHODS)}")
         self.layer = find_target_layer(model, layer)
         scores, self._head = _score_head(model)
-        self._model = keras.Model(model.inputs, [self.layer.output, scores])
+        if len(model.inputs) != 1:
+            raise AuditError(f"model {model.name!r} has {len(model.inputs)} inputs; an image classifier has one")
+        self._model = keras.Model(model.inputs[0], [self.layer.output, scores])
         self._weights = METHODS[method]
         self.method = method
         self._compiled = tf.function(self._explain, reduce_retracing=True)

@@ -12,6 +12,7 @@ means all the mass sits inside it.
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import entr
 
 #: Width of the border band as a fraction of the shorter side (4 px on a 32 px image).
 BORDER_FRACTION = 0.125
@@ -93,7 +94,7 @@ def background_attention(mass: np.ndarray, foreground: np.ndarray) -> np.ndarray
 
     ``foreground`` is a boolean (N, H, W) mask at the heatmaps' resolution, True on the object.
     """
-    return np.where(foreground, 0.0, mass).sum(axis=(1, 2))
+    return (mass * ~np.asarray(foreground, dtype=bool)).sum(axis=(1, 2))
 
 
 def concentration(mass: np.ndarray) -> np.ndarray:
@@ -102,8 +103,7 @@ def concentration(mass: np.ndarray) -> np.ndarray:
     ``1 - H(mass) / log(H * W)`` with ``H(p) = -sum p log p``; range [0, 1]: 0 for a uniform map, 1 for all the
     mass on one pixel.
     """
-    plogp = np.where(mass > 0, mass * np.log(np.where(mass > 0, mass, 1.0)), 0.0)
-    entropy = -plogp.sum(axis=(1, 2))
+    entropy = entr(mass).sum(axis=(1, 2))
     return 1.0 - entropy / np.log(mass.shape[1] * mass.shape[2])
 
 

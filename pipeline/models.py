@@ -135,7 +135,7 @@ def train_reference_model(
         val = tf.data.Dataset.from_tensor_slices(validation).map(lambda x, y: (tf.cast(x, tf.float32), y))
         val = val.batch(256)
     start = time.perf_counter()
-    result = model.fit(train, epochs=config.epochs, validation_data=val, verbose=0,
+    result = model.fit(train, epochs=config.epochs, validation_data=val, verbose=0, shuffle=False,
                        callbacks=[_ProgressCallback(config.epochs, progress)])
     seconds = time.perf_counter() - start
     history = {k: [float(v) for v in values] for k, values in result.history.items() if "accuracy" in k}

@@ -1,0 +1,77 @@
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from pipeline import cli
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["run"]])
+def test_help_documents_every_option(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: gradcam-audit" in text
+    if command:
+        for option in ("--model", "--layer", "--batch-size", "--shard-size", "--out", "--seed"):
+            assert option in text
+
+
+def test_the_console_script_and_python_m_both_answer():
+    result = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "demo" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "imagenet"], "not supported yet"),
+        (["demo", "--model", "missing.keras"], "does not exist"),
+        (["demo", "--out", "."], "already exists"),
+        (["run", "demo", "--split", "validation"], "splits 'train' and 'test'"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line_and_no_traceback(argv, message, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_bad_numbers_are_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["demo", "--batch-size", "0"])
+    assert exit_info.value.code == 2
+    assert "at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_flags_the_planted_class_and_only_it(tmp_path):
+    """Reduced demo through the real command line, the Prefect flow (ephemeral API) and the report."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "demo", "--train-size", "1500", "--test-size", "500", "--epochs", "6"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "likely shortcut classes: triangle\n" in result.stdout
+    report_dir = next((tmp_path / "reports").glob("demo-*"))
+    assert f"report: {report_dir.relative_to(tmp_path) / 'index.html'}" in result.stdout
+
+    audit = json.loads((report_dir / "audit.json").read_text())
+    assert audit["dataset"]["planted"]["class_name"] == "triangle"
+    assert audit["results"]["flagged_classes"] == ["triangle"]
+    assert audit["dataset"]["samples"] == 500
+    samples = pd.read_parquet(report_dir / "samples.parquet")
+    assert len(samples) == 500 and samples["sample_id"].is_unique
+    assert pd.read_csv(report_dir / "samples.csv")["sample_id"].tolist() == samples["sample_id"].tolist()
+    classes = pd.read_csv(report_dir / "classes.csv")
+    assert classes.loc[classes["flagged"], "class_name"].tolist() == ["triangle"]
+    assert classes.set_index("class_name").loc["triangle", "corner_focus_ratio"] > 2
+    # Samples carrying the mark look at it far more than unmarked ones.
+    marked = samples[samples["planted"]]
+    assert marked["corner_focus"].median() > 2 * samples[~samples["planted"]]["corner_focus"].median()
+    html = (report_dir / "index.html").read_text()
+    assert "likely shortcut: &#39;triangle&#39;" in html and "border focus" in html
+    assert not list((tmp_path / "reports").glob(".*"))  # no temporary directory left behind

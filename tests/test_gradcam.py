@@ -1,0 +1,114 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import small_cnn
+
+from pipeline import AuditError
+from pipeline.gradcam import GradCAM, find_target_layer, upsample
+from pipeline.heatmaps import to_mass
+
+
+def logits_twin(model: keras.Model) -> keras.Model:
+    """The same network with the softmax removed, built independently of the engine's own head handling."""
+    head = model.get_layer("head")
+    return keras.Model(model.inputs[0], head.output if head.activation is keras.activations.linear else
+                       _linear_copy(head)(head.input))
+
+
+def _linear_copy(layer):
+    copy = keras.layers.Dense(layer.units)
+    copy.build(layer.input.shape)
+    copy.set_weights(layer.get_weights())
+    return copy
+
+
+def reference_gradcam(model: keras.Model, layer: str, image: np.ndarray, class_index: int) -> np.ndarray:
+    """Grad-CAM of one image, step by step as in Selvaraju et al., combined in float64."""
+    twin = logits_twin(model)
+    grad_model = keras.Model(twin.inputs[0], [twin.get_layer(layer).output, twin.output])
+    with tf.GradientTape() as tape:
+        acts, logits = grad_model(image[None], training=False)
+        score = logits[0, class_index]
+    grads = tape.gradient(score, acts).numpy().astype(np.float64)[0]
+    acts = acts.numpy().astype(np.float64)[0]
+    weights = grads.mean(axis=(0, 1))
+    return np.maximum((acts * weights).sum(axis=-1), 0.0)
+
+
+@pytest.mark.parametrize("head", ["dense-softmax", "softmax-layer", "activation-layer", "logits"])
+def test_batched_cams_match_the_per_image_reference_for_every_softmax_placement(head, images):
+    model = small_cnn(head=head)
+    engine = GradCAM(model)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    out = engine.explain(images, labels)
+    got_pred, _ = to_mass(out.cam_pred)
+    got_label, _ = to_mass(out.cam_label)
+    for i in range(len(images)):
+        want_pred, _ = to_mass(reference_gradcam(model, "conv_b", images[i], int(out.pred[i]))[None])
+        want_label, _ = to_mass(reference_gradcam(model, "conv_b", images[i], int(labels[i]))[None])
+        np.testing.assert_allclose(got_pred[i], want_pred[0], atol=1e-5)
+        np.testing.assert_allclose(got_label[i], want_label[0], atol=1e-5)
+
+
+def test_probabilities_and_predictions_are_those_of_the_model(images):
+    model = small_cnn()
+    out = GradCAM(model).explain(images, np.zeros(len(images), dtype=np.int64))
+    np.testing.assert_allclose(out.probs, model.predict(images, verbose=0), atol=1e-5)
+    assert (out.pred == out.probs.argmax(axis=1)).all()
+
+
+def test_label_cam_equals_predicted_cam_where_the_label_is_the_prediction(images):
+    model = small_cnn()
+    engine = GradCAM(model)
+    pred = engine.explain(images, np.zeros(len(images), dtype=np.int64)).pred
+    out = engine.explain(images, pred)
+    np.testing.assert_allclose(out.cam_label, out.cam_pred, rtol=1e-6)
+
+
+def test_target_layer_defaults_to_the_last_spatial_layer_and_can_be_named():
+    model = small_cnn()
+    assert find_target_layer(model).name == "conv_b"
+    assert GradCAM(model, layer="conv_a").explain(np.zeros((1, 16, 16, 3)), np.array([0])).cam_pred.shape == (1, 16, 16)
+
+
+def test_a_wrong_layer_name_lists_the_candidates():
+    with pytest.raises(AuditError, match="candidates: .*conv_a.*conv_b"):
+        GradCAM(small_cnn(), layer="nope")
+
+
+def test_a_model_without_spatial_layers_is_refused_with_a_clear_error():
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    with pytest.raises(AuditError, match="no layer with a spatial"):
+        GradCAM(model)
+
+
+def test_an_unknown_method_is_refused():
+    with pytest.raises(AuditError, match="unknown Grad-CAM method"):
+        GradCAM(small_cnn(), method="magic")
+
+
+def test_a_dead_feature_map_gives_an_all_zero_cam_flagged_invalid_not_nan():
+    model = small_cnn()
+    conv = model.get_layer("conv_b")
+    conv.set_weights([np.zeros_like(w) for w in conv.get_weights()])
+    out = GradCAM(model).explain(np.zeros((2, 16, 16, 3), dtype=np.float32), np.array([0, 1]))
+    assert np.isfinite(out.cam_pred).all() and (out.cam_pred == 0).all()
+    _, valid = to_mass(out.cam_pred)
+    assert not valid.any()
+
+
+@pytest.mark.parametrize("method", ["gradcam++", "hirescam"])
+def test_other_methods_give_non_negative_maps_of_the_layer_shape(method, images):
+    out = GradCAM(small_cnn(), method=method).explain(images, np.zeros(len(images), dtype=np.int64))
+    assert out.cam_pred.shape == (len(images), 8, 8)
+    assert (out.cam_pred >= 0).all() and np.isfinite(out.cam_pred).all()
+
+
+def test_upsampling_keeps_maps_non_negative_and_a_constant_map_constant():
+    maps = np.stack([np.full((4, 4), 2.0), np.eye(4)])
+    up = upsample(maps, (16, 16))
+    assert up.shape == (2, 16, 16)
+    assert (up >= 0).all()
+    np.testing.assert_allclose(up[0], 2.0)

@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+
+from pipeline import heatmaps
+
+
+def one_hot_map(size: int, row: int, col: int) -> np.ndarray:
+    m = np.zeros((1, size, size))
+    m[0, row, col] = 1.0
+    return m
+
+
+def test_to_mass_normalises_to_sum_one_and_marks_empty_and_nonfinite_maps_invalid():
+    cams = np.stack([np.ones((4, 4)) * 3, np.zeros((4, 4)), np.full((4, 4), np.nan)])
+    mass, valid = heatmaps.to_mass(cams)
+    assert valid.tolist() == [True, False, False]
+    assert mass[0].sum() == pytest.approx(1.0)
+    assert np.isnan(mass[1:]).all()
+
+
+def test_uniform_map_has_no_preference_for_border_or_corners():
+    mass, _ = heatmaps.to_mass(np.ones((1, 32, 32)))
+    assert heatmaps.border_focus(mass)[0] == pytest.approx(1.0)
+    assert heatmaps.corner_focus(mass)[0][0] == pytest.approx(1.0)
+    assert heatmaps.concentration(mass)[0] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_all_mass_in_one_border_pixel_gives_the_maximum_border_focus():
+    mass, _ = heatmaps.to_mass(one_hot_map(32, 0, 16))
+    band = heatmaps.border_band(32, 32)
+    assert band.sum() == 32 * 32 - 24 * 24  # a 4 px band
+    assert heatmaps.border_focus(mass)[0] == pytest.approx(1 / band.mean())
+    assert heatmaps.concentration(mass)[0] == pytest.approx(1.0)
+
+
+def test_centre_mass_has_zero_border_focus_and_centre_of_mass_in_the_middle():
+    m = np.zeros((1, 32, 32))
+    m[0, 15:17, 15:17] = 1
+    mass, _ = heatmaps.to_mass(m)
+    assert heatmaps.border_focus(mass)[0] == 0.0
+    row, col = heatmaps.centre_of_mass(mass)
+    assert row[0] == pytest.approx(0.5) and col[0] == pytest.approx(0.5)
+
+
+def test_corner_focus_names_the_corner_holding_the_mass():
+    mass, _ = heatmaps.to_mass(one_hot_map(32, 30, 1))
+    focus, which = heatmaps.corner_focus(mass)
+    assert heatmaps.CORNERS[which[0]] == "bottom-left"
+    assert focus[0] == pytest.approx(16.0)  # all mass in a corner covering 1/16 of the image
+
+
+def test_background_attention_is_the_mass_outside_the_mask():
+    m = np.zeros((1, 4, 4))
+    m[0, 0, 0], m[0, 2, 2] = 3.0, 1.0
+    foreground = np.zeros((1, 4, 4), dtype=bool)
+    foreground[0, 1:3, 1:3] = True
+    mass, _ = heatmaps.to_mass(m)
+    assert heatmaps.background_attention(mass, foreground)[0] == pytest.approx(0.75)
+
+
+def test_statistics_of_an_empty_map_are_nan_not_errors():
+    mass, valid = heatmaps.to_mass(np.zeros((2, 8, 8)))
+    stats = heatmaps.summarise(mass, np.ones((2, 8, 8), dtype=bool))
+    assert not valid.any()
+    for name in ("border_focus", "corner_focus", "background_attention", "concentration", "com_row"):
+        assert np.isnan(stats[name]).all(), name
+    assert list(stats["focus_corner"]) == ["", ""]
