@@ -9,11 +9,11 @@ from pipeline.settings import apply_environment_defaults  # noqa: E402
 apply_environment_defaults()
 # Prefect binds its log handlers to the stderr of the moment it is imported: import it now, outside any test's
 # capsys, so no handler is left writing to a test's closed capture stream.
-import pipeline.flows  # noqa: E402, F401
-
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+import pipeline.flows  # noqa: E402, F401
 
 
 def small_cnn(num_classes: int = 3, head: str = "dense-softmax", seed: int = 0) -> keras.Model:
