@@ -12,7 +12,7 @@ from .errors import AuditError
 __all__ = ["AuditConfig", "AuditError", "AuditResult", "audit"]
 
 
-def audit(dataset: str = "demo", split: str = "test", **options) -> AuditResult:
+def audit(dataset: str = "demo", split: str | None = None, **options) -> AuditResult:
     """Audit every sample of ``split`` of ``dataset`` and write its report.
 
     ``options`` are the fields of :class:`AuditConfig` (``model``, ``layer``, ``batch_size``, ``out``, ...).
@@ -32,7 +32,7 @@ def audit(dataset: str = "demo", split: str = "test", **options) -> AuditResult:
     apply_environment_defaults()
     from .flows import audit_flow, check_config, default_out_dir
 
+    source = check_config(config)  # user errors surface here, before Prefect starts
     if config.out is None:
-        config = dataclasses.replace(config, out=str(default_out_dir(config, datetime.now())))
-    check_config(config)  # user errors surface here, before Prefect starts
+        config = dataclasses.replace(config, out=str(default_out_dir(source, datetime.now())))
     return audit_flow(**config.as_dict())

@@ -71,12 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="images in the audited test split (default: %(default)s)")
 
     run = commands.add_parser(
-        "run", help="audit one split of a dataset",
-        description="Audit every sample of one split of DATASET. This version supports the built-in 'demo' "
-                    "dataset; tfds datasets and image folders are planned.",
+        "run", help="audit one split of a dataset: an image folder, a tfds dataset, or 'demo'",
+        description="Audit every sample of one split of DATASET: an image folder laid out as <root>/<class>/<file> "
+                    "or <root>/<split>/<class>/<file>; a tensorflow-datasets name (cifar10, cats_vs_dogs, any "
+                    "set with an image and a class label), downloaded when not prepared in --data-dir; or 'demo'. "
+                    "Undecodable files are skipped and listed with their reasons in the report and audit.json.",
     )
-    run.add_argument("dataset", metavar="DATASET", help="dataset to audit ('demo')")
-    run.add_argument("--split", default=DEFAULTS.split, help="split to audit (default: %(default)s)")
+    run.add_argument("dataset", metavar="DATASET", help="an image folder, a tfds name, or 'demo'")
+    run.add_argument("--split", help="split to audit; tfds slicing works ('test[:20%%]') (default: 'test' where "
+                                     "there is one; 'all' for a folder without split folders)")
+    run.add_argument("--data-dir", metavar="DIR", help="tfds: where a prepared copy of the dataset lies")
+    run.add_argument("--masks", metavar="DIR",
+                     help="image folders: foreground masks named like the images (<DIR>/<class>/<stem>.png or "
+                          "<DIR>/<stem>.png; trimaps 1=object 2=background 3=boundary, or binary)")
     _add_audit_options(run)
     return parser
 
@@ -89,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = audit(**options)
     except AuditError as err:
-        print(f"gradcam-audit: error: {err}", file=sys.stderr)
+        print(f"gradcam-audit: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gradcam-audit: interrupted; no report was written", file=sys.stderr)

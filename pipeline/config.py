@@ -14,8 +14,8 @@ from .errors import AuditError
 class AuditConfig:
     """One audit's options; each has the same meaning in the CLI, in :func:`pipeline.audit` and in the flow."""
 
-    dataset: str = "demo"
-    split: str = "test"
+    dataset: str = "demo"  # "demo", an image folder, or a tfds name
+    split: str | None = None  # None: "test" where there is one; "all" for a folder without split folders
     model: str | None = None  # path of a .keras/.h5 model; None trains (or reuses) a reference model
     layer: str | None = None  # Grad-CAM target layer; None picks the last spatial layer
     method: str = "gradcam"
@@ -27,6 +27,8 @@ class AuditConfig:
     train_size: int = 3000  # demo dataset only
     test_size: int = 1000  # demo dataset only
     gallery_size: int = 24
+    data_dir: str | None = None  # tfds: a prepared copy
+    masks: str | None = None  # image folders: foreground masks named like the images
 
     def __post_init__(self):
         for name in ("batch_size", "shard_size", "epochs", "train_size", "test_size", "gallery_size"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import platform
+import re
 import time
 import uuid
 from datetime import datetime
@@ -20,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from . import findings, models, report, samples
 from .config import AuditConfig, AuditResult
-from .datasets import SourceSpec, check_spec, open_source
+from .datasets import Source, SourceSpec, SyntheticSource, TfdsSource, open_source, spec_for
 from .errors import AuditError
 from .gradcam import GradCAM
 from .settings import cache_dir
@@ -37,29 +38,39 @@ def _version(package: str) -> str:
 
 def source_spec(config: AuditConfig, split: str | None = None) -> SourceSpec:
     """The source a configuration names (optionally another split of it)."""
-    if config.dataset != "demo":
-        raise AuditError(
-            f"dataset {config.dataset!r} is not supported yet: this version audits only the built-in 'demo' set "
-            "(tfds datasets and image folders are planned)"
-        )
-    return SourceSpec(kind="synthetic", split=split or config.split, seed=config.seed,
-                      train_size=config.train_size, test_size=config.test_size)
+    options = {"split": split or config.split}
+    if config.dataset == "demo":
+        options |= {"seed": config.seed, "train_size": config.train_size, "test_size": config.test_size}
+    elif config.data_dir:
+        options["data_dir"] = config.data_dir
+    if config.masks:
+        options["masks"] = config.masks
+    return spec_for(config.dataset, **options)
 
 
-def default_out_dir(config: AuditConfig, now: datetime) -> Path:
+def training_split(source: Source) -> str:
+    """The split a reference model trains on: 'train' where the source has one, else the audited split itself."""
+    if isinstance(source, SyntheticSource | TfdsSource):
+        return "train"
+    root = Path(source.spec.name)
+    return "train" if source.split != "all" and (root / "train").is_dir() else source.split
+
+
+def default_out_dir(source: Source, now: datetime) -> Path:
     """``reports/demo-<time>`` for the demo, ``reports/<dataset>-<split>-<time>`` otherwise."""
     stamp = now.strftime("%Y%m%d-%H%M%S")
-    name = "demo" if config.dataset == "demo" else f"{config.dataset}-{config.split}"
-    return Path("reports") / f"{name}-{stamp}"
+    name = "demo" if isinstance(source, SyntheticSource) else f"{source.name}-{source.split}"
+    return Path("reports") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}-{stamp}"
 
 
-def check_config(config: AuditConfig) -> None:
-    """Raise :class:`AuditError` for what can be seen to be wrong before the flow starts."""
-    check_spec(source_spec(config))
+def check_config(config: AuditConfig) -> Source:
+    """Open the source and check what can be checked before the flow starts; user errors raise AuditError."""
+    source = open_source(source_spec(config))
     if config.model is not None:
         models.check_model_file(config.model)
     if config.out is not None and Path(config.out).exists():
         raise AuditError(f"report directory {config.out!r} already exists; choose another --out")
+    return source
 
 
 @functools.lru_cache(maxsize=2)
@@ -76,9 +87,13 @@ def prepare_model(config: AuditConfig) -> dict:
         model = models.load_model(config.model)
         path, origin, history, seconds = Path(config.model), "user model", {}, 0.0
     else:
-        train = open_source(source_spec(config, split="train"))
+        audited = open_source(source_spec(config))
+        train = open_source(source_spec(config, split=training_split(audited)))
+        size = models.reference_input_size(train.natural_size)
+        logger.info("training a reference CNN on %s/%s at %dx%d", train.name, train.split, *size)
+        images, labels = train.arrays(size)
         trained = models.train_reference_model(
-            train.images, train.labels, len(train.class_names), cache_dir() / "models", train.fingerprint,
+            images, labels, len(train.class_names), cache_dir() / "models", f"{train.fingerprint}-{size}",
             models.TrainConfig(epochs=config.epochs, seed=config.seed), progress=logger.info,
         )
         model, path, history, seconds = trained.model, trained.path, trained.history, trained.seconds
@@ -86,7 +101,9 @@ def prepare_model(config: AuditConfig) -> dict:
         logger.info("%s (%s)", origin, path)
     explainer = _explainer(str(path), config.layer, config.method)
     return {"path": str(path), "name": model.name, "origin": origin, "fingerprint": models.fingerprint_model(model),
-            "layer": explainer.layer.name, "train_history": history, "train_seconds": seconds}
+            "layer": explainer.layer.name, "input_size": list(explainer.image_size()),
+            "trained_on": None if config.model else f"{train.name}/{train.split}",
+            "train_history": history, "train_seconds": seconds}
 
 
 @task(cache_policy=NO_CACHE)
@@ -97,11 +114,15 @@ def audit_shard(spec: SourceSpec, model_path: str, config: AuditConfig, start: i
 
 
 @task(cache_policy=NO_CACHE)
-def find(spec: SourceSpec, shards: list[samples.ShardResult], thresholds: findings.Thresholds) -> findings.AuditTables:
-    source = open_source(spec)
+def find(spec: SourceSpec, shards: list[samples.ShardResult], image_size: tuple[int, int],
+         thresholds: findings.Thresholds) -> tuple[findings.AuditTables, list[dict]]:
+    """Merge the shards and compute the findings; also returns the inputs skipped while decoding."""
     merged = samples.merge(shards)
-    return findings.build_tables(merged.table, merged.probs, merged.cams, source.class_names,
-                                 source.image_shape[:2], thresholds)
+    if merged.table.empty:
+        raise AuditError("no sample of the split could be decoded; see the skipped inputs")
+    tables = findings.build_tables(merged.table, merged.probs, merged.cams, open_source(spec).class_names,
+                                   image_size, thresholds)
+    return tables, merged.skipped
 
 
 @task(cache_policy=NO_CACHE)
@@ -112,7 +133,7 @@ def write_report(out: Path, spec: SourceSpec, tables: findings.AuditTables, gall
 @flow(name="gradcam-audit", log_prints=True)
 def audit_flow(
     dataset: str = "demo",
-    split: str = "test",
+    split: str | None = None,
     model: str | None = None,
     layer: str | None = None,
     method: str = "gradcam",
@@ -124,21 +145,22 @@ def audit_flow(
     train_size: int = 3000,
     test_size: int = 1000,
     gallery_size: int = 24,
+    data_dir: str | None = None,
+    masks: str | None = None,
 ) -> AuditResult:
     """Audit every sample of one split with Grad-CAM and write the report; parameters mirror the CLI's options."""
     config = AuditConfig(dataset, split, model, layer, method, batch_size, shard_size, out, seed, epochs,
-                         train_size, test_size, gallery_size)
+                         train_size, test_size, gallery_size, data_dir, masks)
     logger = get_run_logger()
     started, now = time.perf_counter(), datetime.now()
-    out_dir = Path(out) if out else default_out_dir(config, now)
-    if out_dir.exists():
-        raise AuditError(f"report directory {str(out_dir)!r} already exists; choose another --out")
-    timings = {}
-
     spec = source_spec(config)
     source = open_source(spec)
-    logger.info("auditing %s/%s: %d samples, %d classes", source.name, source.split, len(source),
-                len(source.class_names))
+    out_dir = Path(out) if out else default_out_dir(source, now)
+    if out_dir.exists():
+        raise AuditError(f"report directory {str(out_dir)!r} already exists; choose another --out")
+    logger.info("auditing %s/%s: %d samples, %d classes, %d inputs skipped", source.name, source.split,
+                len(source), len(source.class_names), len(source.skipped))
+    timings = {}
     tick = time.perf_counter()
     model_info = prepare_model(config)
     timings["model_s"] = time.perf_counter() - tick
@@ -155,26 +177,28 @@ def audit_flow(
 
     tick = time.perf_counter()
     thresholds = findings.Thresholds()
-    tables = find(spec, shards, thresholds)
+    tables, decode_skipped = find(spec, shards, tuple(model_info["input_size"]), thresholds)
     timings["findings_s"] = time.perf_counter() - tick
 
     warnings = []
-    if config.model is None and config.split == "train":
+    if model_info["trained_on"] == f"{source.name}/{source.split}":
         warnings.append("The model was trained on the audited split: predictions are in-sample, which hides label "
                         "errors and overstates accuracy.")
+    if config.model is None and source.natural_size != tuple(model_info["input_size"]):
+        warnings.append("No model was given: a reference CNN was trained from scratch at a reduced resolution "
+                        f"({model_info['input_size'][0]}x{model_info['input_size'][1]}).")
+    skipped = source.skipped + decode_skipped
     tables.meta = {
         "run_id": uuid.uuid4().hex,
         "created": now.isoformat(timespec="seconds"),
         "config": config.as_dict(),
-        "dataset": {"name": source.name, "split": source.split, "samples": len(source),
-                    "classes": list(source.class_names), "image_shape": list(source.image_shape),
-                    "fingerprint": source.fingerprint, "spec": spec.as_dict(), "planted": source.planted},
+        "dataset": source.describe(),
         "model": model_info,
         "results": {"samples": len(tables.samples),
                     "accuracy": float((tables.samples["label"] == tables.samples["pred"]).mean()),
                     "flagged_classes": tables.classes.loc[tables.classes["flagged"], "class_name"].tolist()},
         "thresholds": thresholds.as_dict(),
-        "skipped": [],
+        "skipped": skipped,
         "warnings": warnings,
         "versions": {"python": platform.python_version(), **{name: _version(name) for name in PACKAGES}},
         "timings": timings,
@@ -188,8 +212,9 @@ def audit_flow(
     create_markdown_artifact(
         key="audit-summary",
         markdown=f"# Grad-CAM audit of {source.name}/{source.split}\n\n"
-                 f"{len(tables.samples)} samples, accuracy {tables.meta['results']['accuracy']:.1%}.\n\n"
-                 f"Flagged classes: {', '.join(flagged) or 'none'}.\n\nReport: `{report_dir}`",
+                 f"{len(tables.samples)} samples, accuracy {tables.meta['results']['accuracy']:.1%}, "
+                 f"{len(skipped)} inputs skipped.\n\nFlagged classes: {', '.join(flagged) or 'none'}.\n\n"
+                 f"Report: `{report_dir}`",
     )
     logger.info("report written to %s", report_dir)
     return AuditResult(report_dir, tables.samples, tables.classes, tables.meta)

@@ -53,10 +53,20 @@ class CamBatch:
     cam_label: np.ndarray  # (B, h, w) CAM of the given label (equal to cam_pred where pred == label)
 
 
-def spatial_layers(model: keras.Model) -> list[str]:
-    """Names of the layers whose output is a spatial map (rank 4 with H, W > 1), in model order."""
-    names = []
+def _walk(model: keras.Model):
+    """Every layer of ``model``, descending into nested models, in model order."""
     for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _walk(layer)
+
+
+def spatial_layers(model: keras.Model) -> list[str]:
+    """Names of the layers whose output is a spatial map (rank 4 with H, W > 1), nested models included."""
+    names = []
+    for layer in _walk(model):
+        if isinstance(layer, keras.Model):
+            continue
         try:
             shape = layer.output.shape
         except (AttributeError, ValueError):
@@ -67,7 +77,7 @@ def spatial_layers(model: keras.Model) -> list[str]:
 
 
 def find_target_layer(model: keras.Model, name: str | None = None) -> keras.layers.Layer:
-    """The layer to explain: ``name`` if given, else the last layer with a spatial output.
+    """The layer to explain: ``name`` if given, else the last layer with a spatial output (nested models included).
 
     Raises :class:`AuditError` listing the candidates when ``name`` is not one of them or there are none.
     """
@@ -77,37 +87,88 @@ def find_target_layer(model: keras.Model, name: str | None = None) -> keras.laye
             f"model {model.name!r} has no layer with a spatial (H, W > 1) output to explain; "
             "Grad-CAM needs a convolutional model"
         )
-    if name is None:
-        return model.get_layer(candidates[-1])
-    if name not in candidates:
+    if name is not None and name not in candidates:
         raise AuditError(f"--layer {name!r} is not a spatial layer of the model; candidates: {', '.join(candidates)}")
-    return model.get_layer(name)
+    wanted = name or candidates[-1]
+    return next(layer for layer in _walk(model) if layer.name == wanted)
 
 
-def _score_head(model: keras.Model) -> tuple[keras.KerasTensor, keras.layers.Layer | None]:
-    """The tensor holding the class scores before the softmax, and a layer still to apply to it (or None).
+def _linear_copy(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """A copy of ``layer`` (same weights) whose activation is linear: it returns the pre-activation scores."""
+    copy = layer.__class__.from_config(layer.get_config() | {"activation": "linear"})
+    copy.build(layer.input.shape)
+    copy.set_weights(layer.get_weights())
+    return copy
 
-    Handles a final Softmax/Activation('softmax') layer (its input is the logits), a final layer with a softmax
-    activation (re-applied as a copy with a linear activation) and a model that already outputs logits.
+
+def _is(layer: keras.layers.Layer, activation) -> bool:
+    return getattr(layer, "activation", None) is activation
+
+
+class _ScoreHead:
+    """How the class scores *before* the final activation, and the probabilities, come out of a model.
+
+    Selvaraju et al. differentiate the class score y^c before the softmax: gradients through a saturated softmax
+    vanish on confident predictions. ``features`` is the tensor feeding the final activation; ``__call__`` turns
+    it into (scores (B, C), probabilities (B, C)). A single-unit sigmoid output is a binary classifier with
+    scores (-z, z), so both classes have a gradient, and probabilities (1 - sigmoid(z), sigmoid(z)).
     """
-    last = model.layers[-1]
-    activation = getattr(last, "activation", None)
-    if isinstance(last, keras.layers.Softmax) or (
-        isinstance(last, keras.layers.Activation) and activation is keras.activations.softmax
-    ):
-        return last.input, None
-    if activation is keras.activations.softmax:
-        config = last.get_config() | {"activation": "linear"}
-        linear = last.__class__.from_config(config)
-        linear.build(last.input.shape)
-        linear.set_weights(last.get_weights())
-        return last.input, linear
-    if activation not in (None, keras.activations.linear):
-        raise AuditError(
-            f"the model's output layer {last.name!r} uses activation {getattr(activation, '__name__', activation)!r}; "
-            "Grad-CAM needs softmax or linear (logit) class scores"
-        )
-    return model.output, None
+
+    def __init__(self, model: keras.Model):
+        last = model.layers[-1]
+        self.layer = None  # a linear copy of the output layer, when it carries the activation itself
+        if isinstance(last, keras.layers.Softmax) or (
+            isinstance(last, keras.layers.Activation) and _is(last, keras.activations.softmax)
+        ):
+            self.features, self.binary = last.input, False
+        elif isinstance(last, keras.layers.Activation) and _is(last, keras.activations.sigmoid):
+            self.features, self.binary = last.input, True
+        elif _is(last, keras.activations.softmax) or _is(last, keras.activations.sigmoid):
+            self.features, self.layer = last.input, _linear_copy(last)
+            self.binary = _is(last, keras.activations.sigmoid)
+        elif getattr(last, "activation", None) in (None, keras.activations.linear):
+            self.features, self.binary = model.outputs[0], False
+        else:
+            name = getattr(last.activation, "__name__", last.activation)
+            raise AuditError(f"the model's output layer {last.name!r} uses activation {name!r}; Grad-CAM needs "
+                             "softmax, a single-unit sigmoid, or linear (logit) class scores")
+        if self.binary and model.outputs[0].shape[-1] != 1:
+            raise AuditError("a sigmoid output with more than one unit is multi-label; gradcam-audit audits "
+                             "single-label classifiers (softmax, or one sigmoid unit for two classes)")
+
+    def __call__(self, features: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        z = features if self.layer is None else self.layer(features)
+        if self.binary:
+            return tf.concat([-z, z], axis=-1), tf.concat([1.0 - tf.sigmoid(z), tf.sigmoid(z)], axis=-1)
+        return z, tf.nn.softmax(z)
+
+
+def _expose(model: keras.Model, target: keras.layers.Layer, inputs: keras.KerasTensor) -> tuple:
+    """Re-run ``model`` on ``inputs`` symbolically and return (target activations, model outputs).
+
+    Where the target sits inside a nested model (a ``keras.applications`` backbone in a wrapper), that nested model
+    is replaced by an exposed copy of itself that also returns the target's activations; the layers and weights
+    are the same objects, so nothing is copied.
+    """
+    if any(layer is target for layer in model.layers):
+        exposed = keras.Model(model.inputs[0], [target.output, model.outputs[0]])
+        return exposed(inputs)
+    child = next(layer for layer in model.layers if isinstance(layer, keras.Model)
+                 and any(inner is target for inner in _walk(layer)))
+    captured = []
+
+    def through_child(*args, **kwargs):
+        acts, out = _expose(child, target, args[0])
+        captured.append(acts)
+        return out
+
+    if isinstance(model, keras.Sequential):
+        x = inputs
+        for layer in model.layers:
+            x = through_child(x) if layer is child else layer(x)
+        return captured[0], x
+    outputs = model._run_through_graph(inputs, operation_fn=lambda op: through_child if op is child else op)
+    return captured[0], outputs[0] if isinstance(outputs, list | tuple) else outputs
 
 
 class GradCAM:
@@ -115,7 +176,8 @@ class GradCAM:
 
     Parameters
     ----------
-    model : a built Keras classifier taking images and returning class probabilities or logits.
+    model : a built Keras image classifier (softmax, single-unit sigmoid or logit outputs); nested models such as a
+        ``keras.applications`` backbone inside a wrapper are supported.
     layer : name of the target layer; by default the last layer with a spatial output.
     method : one of :data:`METHODS`.
 
@@ -128,20 +190,28 @@ class GradCAM:
     def __init__(self, model: keras.Model, layer: str | None = None, method: str = "gradcam"):
         if method not in METHODS:
             raise AuditError(f"unknown Grad-CAM method {method!r}; choose from {', '.join(METHODS)}")
-        self.layer = find_target_layer(model, layer)
-        scores, self._head = _score_head(model)
         if len(model.inputs) != 1:
             raise AuditError(f"model {model.name!r} has {len(model.inputs)} inputs; an image classifier has one")
-        self._model = keras.Model(model.inputs[0], [self.layer.output, scores])
+        self.layer = find_target_layer(model, layer)
+        self._head = _ScoreHead(model)
+        features_model = keras.Model(model.inputs[0], self._head.features)
+        inputs = keras.Input(shape=model.inputs[0].shape[1:], dtype=model.inputs[0].dtype)
+        self._model = keras.Model(inputs, list(_expose(features_model, self.layer, inputs)))
         self._weights = METHODS[method]
         self.method = method
         self._compiled = tf.function(self._explain, reduce_retracing=True)
 
+    def image_size(self, natural: tuple[int, int] | None = None) -> tuple[int, int]:
+        """(H, W) at which images enter the model: its fixed input size, else ``natural``, else 224 x 224."""
+        height, width = self._model.inputs[0].shape[1:3]
+        if height and width:
+            return int(height), int(width)
+        return tuple(natural) if natural else (224, 224)
+
     def _explain(self, images: tf.Tensor, labels: tf.Tensor):
         with tf.GradientTape(persistent=True) as tape:
-            acts, scores = self._model(images, training=False)
-            if self._head is not None:
-                scores = self._head(scores)
+            acts, features = self._model(images, training=False)
+            scores, probs = self._head(features)
             pred = tf.argmax(scores, axis=-1, output_type=tf.int32)
             # Samples are independent, so the gradient of the batch sum is each sample's own gradient.
             score_pred = tf.reduce_sum(tf.gather(scores, pred, batch_dims=1))
@@ -151,12 +221,12 @@ class GradCAM:
         del tape
         cam_pred = tf.nn.relu(tf.reduce_sum(self._weights(acts, grads_pred) * acts, axis=-1))
         cam_label = tf.nn.relu(tf.reduce_sum(self._weights(acts, grads_label) * acts, axis=-1))
-        return tf.nn.softmax(scores), pred, cam_pred, cam_label
+        return probs, pred, cam_pred, cam_label
 
     def explain(self, images: np.ndarray, labels: np.ndarray) -> CamBatch:
         """Probabilities, predictions and CAMs for a batch of images (B, H, W, C) with their given labels (B,)."""
         probs, pred, cam_pred, cam_label = self._compiled(
-            tf.convert_to_tensor(images), tf.convert_to_tensor(labels, dtype=tf.int32)
+            tf.convert_to_tensor(images, dtype=tf.float32), tf.convert_to_tensor(labels, dtype=tf.int32)
         )
         return CamBatch(probs.numpy(), pred.numpy(), cam_pred.numpy(), cam_label.numpy())
 

@@ -63,6 +63,16 @@ def build_reference_cnn(input_shape: tuple[int, int, int], num_classes: int, wid
     return keras.Model(inputs, outputs, name="reference_cnn")
 
 
+def reference_input_size(natural_size: tuple[int, int] | None) -> tuple[int, int]:
+    """Input size of a reference CNN: the images' own size when they are all small (<= 64 px), else 96 x 96.
+
+    Photos are audited at this reduced resolution when no model is given; the report says so.
+    """
+    if natural_size is not None and max(natural_size) <= 64:
+        return tuple(natural_size)
+    return (96, 96)
+
+
 def fingerprint_model(model: keras.Model) -> str:
     """A hash of the model's architecture and weights (first 16 hex digits of SHA-256)."""
     digest = hashlib.sha256(json.dumps(model.get_config(), sort_keys=True, default=str).encode())

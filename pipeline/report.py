@@ -27,6 +27,8 @@ from .gradcam import upsample
 COLORMAP = "inferno"
 #: Side in pixels of the images the report shows (small images are upscaled for the eye).
 DISPLAY_SIZE = 96
+#: Skipped inputs listed in the page; audit.json lists all of them.
+MAX_SKIPPED_SHOWN = 200
 
 
 def templates_dir() -> Path:
@@ -62,26 +64,31 @@ def _heat_rgb(maps: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.n
 
 
 def _display(image: np.ndarray) -> Image.Image:
+    """A picture for the page: small images upscaled (nearest) to :data:`DISPLAY_SIZE`, large ones shrunk."""
     pil = Image.fromarray(image)
-    if max(pil.size) < DISPLAY_SIZE:
-        scale = DISPLAY_SIZE / max(pil.size)
-        pil = pil.resize((round(pil.width * scale), round(pil.height * scale)), Image.Resampling.NEAREST)
+    longest = max(pil.size)
+    if longest < DISPLAY_SIZE or longest > 2 * DISPLAY_SIZE:
+        scale = (DISPLAY_SIZE if longest < DISPLAY_SIZE else 2 * DISPLAY_SIZE) / longest
+        method = Image.Resampling.NEAREST if longest < DISPLAY_SIZE else Image.Resampling.LANCZOS
+        pil = pil.resize((max(1, round(pil.width * scale)), max(1, round(pil.height * scale))), method)
     return pil
 
 
 def _sample_cards(source: Source, tables: AuditTables, rows: pd.DataFrame, assets: Path, prefix: str) -> list[dict]:
-    """Write original / heatmap / overlay images of ``rows`` and return what the templates show of them."""
-    if rows.empty:
-        return []
-    images = source.load(rows["sample_id"].tolist())
-    scaled, heat = _heat_rgb(tables.cams[rows.index.to_numpy()], images.shape[1:3])
-    # Overlay: blend the heatmap in proportion to its strength, so cold regions show the image unchanged.
-    alpha = 0.65 * scaled[..., None]
-    overlay = (images * (1 - alpha) + heat * alpha).astype(np.uint8)
+    """Write original / heatmap / overlay images of ``rows`` and return what the templates show of them.
+
+    Overlays use the original image (shrunk for display when large), with the CAM upsampled to its size.
+    """
     cards = []
-    for i, (_, row) in enumerate(rows.iterrows()):
+    originals = source.load(rows["sample_id"].tolist()) if len(rows) else []
+    for i, ((position, row), original) in enumerate(zip(rows.iterrows(), originals, strict=True)):
+        image = np.asarray(_display(original))
+        scaled, heat = _heat_rgb(tables.cams[position][None], image.shape[:2])
+        # Blend the heatmap in proportion to its strength, so cold regions show the image unchanged.
+        alpha = 0.65 * scaled[0][..., None]
+        overlay = (image * (1 - alpha) + heat[0] * alpha).astype(np.uint8)
         files = {}
-        for kind, picture in (("image", images[i]), ("heatmap", heat[i]), ("overlay", overlay[i])):
+        for kind, picture in (("image", image), ("heatmap", heat[0]), ("overlay", overlay)):
             name = f"{prefix}-{i:03d}-{kind}.png"
             _display(picture).save(assets / name)
             files[kind] = f"assets/{name}"
@@ -117,8 +124,7 @@ def _write_report_files(tmp: Path, assets: Path, source: Source, tables: AuditTa
     for name in ("report.css", "report.js"):
         shutil.copyfile(templates_dir() / "static" / name, assets / name)
 
-    image_size = source.image_shape[:2]
-    _, mean_heat = _heat_rgb(np.nan_to_num(tables.class_mean_cams), image_size)
+    _, mean_heat = _heat_rgb(np.nan_to_num(tables.class_mean_cams), (DISPLAY_SIZE, DISPLAY_SIZE))
     class_rows = []
     for k, row in classes.iterrows():
         name = f"class-{k:03d}-mean.png"
@@ -143,5 +149,6 @@ def _write_report_files(tmp: Path, assets: Path, source: Source, tables: AuditTa
         relabel=relabel_cards,
         relabel_total=int(samples["is_label_issue"].sum()),
         empty_cams=int((~samples["cam_valid"]).sum()),
+        skipped=tables.meta.get("skipped", [])[:MAX_SKIPPED_SHOWN],
     )
     (tmp / "index.html").write_text(html, encoding="utf-8")

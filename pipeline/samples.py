@@ -15,40 +15,48 @@ from .gradcam import GradCAM, upsample
 
 @dataclass(frozen=True)
 class ShardResult:
-    """One shard's rows, plus the arrays kept beside the table (too wide for columns)."""
+    """One shard's rows, plus the arrays kept beside the table (too wide for columns) and the skipped inputs."""
 
     table: pd.DataFrame
     probs: np.ndarray  # (n, C) float32 class probabilities
     cams: np.ndarray  # (n, h, w) float32 predicted-class CAMs at the target layer's resolution, unnormalised
+    skipped: list[dict]  # {"sample_id", "reason"} of inputs that could not be decoded
 
 
 def scan(source: Source, explainer: GradCAM, start: int, stop: int, batch_size: int) -> ShardResult:
     """Audit samples ``start`` to ``stop`` of ``source``: probabilities, CAMs and statistics per sample.
 
-    Statistics are computed on CAMs upsampled to the image size and normalised to mass distributions; where the
-    source has no foreground masks they are estimated (:mod:`pipeline.foreground`).
+    Images reach the model at its input size. Statistics are computed on CAMs upsampled to that size and normalised
+    to mass distributions; where the source gives no foreground mask for a sample it is estimated
+    (:mod:`pipeline.foreground`) and the row says ``mask_kind = "estimated"``.
     """
-    tables, probs, cams = [], [], []
-    for batch in source.batches(batch_size, start, stop):
-        images, labels = batch["image"], batch["label"]
-        out = explainer.explain(images.astype(np.float32), labels)
-        size = images.shape[1:3]
+    size = explainer.image_size(source.natural_size)
+    tables, probs, cams, skipped = [], [], [], []
+    for batch in source.batches(size, batch_size, start, stop):
+        skipped.extend(batch.skipped)
+        if len(batch.labels) == 0:
+            continue
+        out = explainer.explain(batch.images, batch.labels)
         mass, valid = heatmaps.to_mass(upsample(out.cam_pred, size))
         label_mass, label_valid = heatmaps.to_mass(upsample(out.cam_label, size))
-        foreground = batch["foreground"]
-        mask_kind = "true"
-        if foreground is None:
-            foreground, mask_kind = estimate_foreground(images), "estimated"
+        mask_kind = np.full(len(batch.labels), "none", dtype=object) if batch.mask_kind is None \
+            else batch.mask_kind.astype(object)
+        foreground = np.zeros((len(batch.labels), *size), dtype=bool) if batch.foreground is None \
+            else batch.foreground.copy()
+        missing = mask_kind != "true"
+        if missing.any():
+            foreground[missing] = estimate_foreground(batch.images[missing])
+            mask_kind[missing] = "estimated"
         stats = heatmaps.summarise(mass, foreground)
         label_stats = heatmaps.summarise(label_mass, foreground)
-        rows = np.arange(len(labels))
+        rows = np.arange(len(batch.labels))
         table = pd.DataFrame(
             {
-                "sample_id": batch["sample_id"],
-                "label": labels,
+                "sample_id": batch.sample_ids,
+                "label": batch.labels,
                 "pred": out.pred,
                 "confidence": out.probs[rows, out.pred],
-                "label_prob": out.probs[rows, labels],
+                "label_prob": out.probs[rows, batch.labels],
                 **stats,
                 "label_border_focus": label_stats["border_focus"],
                 "label_background_attention": label_stats["background_attention"],
@@ -57,18 +65,23 @@ def scan(source: Source, explainer: GradCAM, start: int, stop: int, batch_size: 
                 "mask_kind": mask_kind,
             }
         )
-        if batch.get("planted") is not None:
-            table["planted"] = batch["planted"]
+        if batch.planted is not None:
+            table["planted"] = batch.planted
         tables.append(table)
         probs.append(out.probs.astype(np.float32))
         cams.append(out.cam_pred.astype(np.float32))
-    return ShardResult(pd.concat(tables, ignore_index=True), np.concatenate(probs), np.concatenate(cams))
+    if not tables:
+        return ShardResult(pd.DataFrame(), np.zeros((0, len(source.class_names)), np.float32),
+                           np.zeros((0, 1, 1), np.float32), skipped)
+    return ShardResult(pd.concat(tables, ignore_index=True), np.concatenate(probs), np.concatenate(cams), skipped)
 
 
 def merge(shards: list[ShardResult]) -> ShardResult:
     """Concatenate shard results in order."""
+    full = [s for s in shards if len(s.table)]
     return ShardResult(
-        pd.concat([s.table for s in shards], ignore_index=True),
-        np.concatenate([s.probs for s in shards]),
-        np.concatenate([s.cams for s in shards]),
+        pd.concat([s.table for s in full], ignore_index=True),
+        np.concatenate([s.probs for s in full]),
+        np.concatenate([s.cams for s in full]),
+        [item for s in shards for item in s.skipped],
     )

@@ -4,6 +4,7 @@ import tempfile
 # Before anything imports Prefect: a throwaway Prefect home and model cache, offline-friendly settings.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="gradcam-audit-test-prefect-")
 os.environ["GRADCAM_AUDIT_CACHE"] = tempfile.mkdtemp(prefix="gradcam-audit-test-cache-")
+os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "false"  # nothing left to flush when the server stops
 from pipeline.settings import apply_environment_defaults  # noqa: E402
 
 apply_environment_defaults()
@@ -41,3 +42,15 @@ def small_cnn(num_classes: int = 3, head: str = "dense-softmax", seed: int = 0) 
 @pytest.fixture
 def images() -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stop_prefect_ephemeral_server():
+    """Stop Prefect's ephemeral API server at the end of the session, while pytest's streams are still open
+    (Prefect would otherwise log its shutdown into a closed capture stream at interpreter exit)."""
+    yield
+    from prefect.server.api.server import SubprocessASGIServer
+
+    for server in list(SubprocessASGIServer._instances.values()):
+        if server.running:
+            server.stop()

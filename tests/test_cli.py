@@ -28,7 +28,8 @@ def test_the_console_script_and_python_m_both_answer():
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["run", "imagenet"], "not supported yet"),
+        (["run", "no_such_dataset_xyz"], "neither an image folder nor a tfds dataset"),
+        (["run", "./no/such/folder"], "does not exist"),
         (["demo", "--model", "missing.keras"], "does not exist"),
         (["demo", "--out", "."], "already exists"),
         (["run", "demo", "--split", "validation"], "splits 'train' and 'test'"),

@@ -112,3 +112,121 @@ def test_upsampling_keeps_maps_non_negative_and_a_constant_map_constant():
     assert up.shape == (2, 16, 16)
     assert (up >= 0).all()
     np.testing.assert_allclose(up[0], 2.0)
+
+
+# --- three architectures against a per-image reference that walks the network by hand -------------------------
+
+
+def sequential_cnn() -> tuple[keras.Model, str]:
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([
+        keras.Input((16, 16, 3)), keras.layers.Rescaling(1 / 255),
+        keras.layers.Conv2D(6, 3, padding="same", activation="relu"),
+        keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="last_conv"),
+        keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, activation="softmax", name="head"),
+    ])
+    return model, "last_conv"
+
+
+def resnet_style() -> tuple[keras.Model, str]:
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
+    for block in range(2):
+        y = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+        y = keras.layers.BatchNormalization()(keras.layers.Conv2D(8, 3, padding="same")(y))
+        x = keras.layers.ReLU(name=f"block{block}_out")(keras.layers.Add()([x, y]))
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(3, activation="softmax", name="head")(keras.layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, outputs), "pool"
+
+
+def nested_mobilenet() -> tuple[keras.Model, str]:
+    keras.utils.set_random_seed(3)
+    backbone = keras.applications.MobileNetV2(input_shape=(64, 64, 3), include_top=False, weights=None, alpha=0.35)
+    inputs = keras.Input((64, 64, 3))
+    x = backbone(keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs))
+    outputs = keras.layers.Dense(3, activation="softmax", name="head")(keras.layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, outputs), "out_relu"
+
+
+def reference_scores(model: keras.Model, target: str):
+    """(activations, pre-softmax scores) of one image, by walking the top-level layers one by one."""
+    head = model.get_layer("head")
+    linear = _linear_copy(head)
+
+    def run(image):
+        x, acts = tf.convert_to_tensor(image[None]), None
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            if layer is head:
+                return acts, linear(x)
+            if isinstance(layer, keras.Model):  # the nested backbone: expose the target inside it
+                inner = keras.Model(layer.inputs[0], [layer.get_layer(target).output, layer.outputs[0]])
+                acts, x = inner(x, training=False)
+            elif isinstance(layer, keras.layers.Add):
+                raise AssertionError("use the functional reference for graphs with skips")
+            else:
+                x = layer(x, training=False)
+                if layer.name == target:
+                    acts = x
+        raise AssertionError("no head")
+
+    return run
+
+
+def functional_reference(model: keras.Model, target: str):
+    head = model.get_layer("head")
+    twin = keras.Model(model.inputs[0], [model.get_layer(target).output, _linear_copy(head)(head.input)])
+    return lambda image: twin(image[None], training=False)
+
+
+@pytest.mark.parametrize("build", [sequential_cnn, resnet_style, nested_mobilenet])
+def test_engine_matches_a_float64_per_image_reference_on_three_architectures(build):
+    model, target = build()
+    run = functional_reference(model, target) if build is resnet_style else reference_scores(model, target)
+    size = model.inputs[0].shape[1]
+    batch = np.random.default_rng(0).integers(0, 256, (4, size, size, 3)).astype(np.float32)
+    labels = np.array([0, 1, 2, 1])
+    engine = GradCAM(model)
+    assert engine.layer.name == target  # automatic choice, descending into the nested backbone
+    out = engine.explain(batch, labels)
+    got_pred, _ = to_mass(out.cam_pred)
+    got_label, _ = to_mass(out.cam_label)
+    compared = 0
+    for i in range(len(batch)):
+        for got, class_index in ((got_pred, out.pred[i]), (got_label, labels[i])):
+            with tf.GradientTape() as tape:
+                acts, scores = run(batch[i])
+                score = scores[0, int(class_index)]
+            grads = tape.gradient(score, acts).numpy().astype(np.float64)[0]
+            a = acts.numpy().astype(np.float64)[0]
+            want, valid = to_mass(np.maximum((a * grads.mean(axis=(0, 1))).sum(-1), 0)[None])
+            if valid[0]:
+                np.testing.assert_allclose(got[i], want[0], atol=1e-5)
+                compared += 1
+            else:
+                assert np.isnan(got[i]).all()
+    assert compared >= len(batch)  # most maps are non-empty, so the comparison is not vacuous
+
+
+def test_a_single_sigmoid_unit_is_a_binary_classifier_with_a_cam_for_each_class(images):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
+    z = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, z)
+    out = GradCAM(model).explain(images, np.array([0, 1, 0, 1, 0, 1]))
+    p = model.predict(images, verbose=0)[:, 0]
+    np.testing.assert_allclose(out.probs[:, 1], p, atol=1e-6)
+    np.testing.assert_allclose(out.probs.sum(axis=1), 1.0, atol=1e-6)
+    assert (out.pred == (p > 0.5)).all()
+    # The two classes' CAMs are the positive and negative parts of the same evidence: they never overlap.
+    assert (np.minimum(out.cam_pred, out.cam_label)[out.pred != np.array([0, 1, 0, 1, 0, 1])] == 0).all()
+
+
+def test_layers_inside_a_nested_backbone_can_be_named():
+    model, _ = nested_mobilenet()
+    engine = GradCAM(model, layer="block_13_expand_relu")
+    assert engine.explain(np.zeros((1, 64, 64, 3)), np.array([0])).cam_pred.shape == (1, 4, 4)

@@ -4,21 +4,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from pipeline import AuditError, findings, report
-from pipeline.datasets import Source, SourceSpec
+from pipeline.datasets import FolderSource, SourceSpec
 
-HOSTILE = ("<script>alert(1)</script>", 'quote"s\'', "../../etc")
+HOSTILE = ("<img src=x onerror=alert(1)>", 'quote"s\'', "&amp;..")  # folder names cannot hold '/
 
 
-def hostile_audit(n: int = 30) -> tuple[Source, findings.AuditTables]:
-    """A tiny audit whose class names and sample ids carry HTML, script, quotes and path traversal."""
+def hostile_audit(root: Path, n: int = 30) -> tuple[FolderSource, findings.AuditTables]:
+    """A tiny audit of a real image folder whose class and file names carry HTML, script, quotes and '../'."""
     rng = np.random.default_rng(0)
-    labels = np.arange(n) % 3
-    ids = np.array([f"../<img src=x onerror=alert({i})>.jpg" for i in range(n)])
-    source = Source(spec=SourceSpec(), name="<b>set</b>", split="test", class_names=HOSTILE,
-                    images=rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8), labels=labels, sample_ids=ids,
-                    foreground=None, fingerprint="f")
+    for i in range(n):
+        folder = root / "data" / HOSTILE[i % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+            folder / f"<svg onload=alert({i})>..png")
+    source = FolderSource(SourceSpec(kind="folder", name=str(root / "data")))
+    class_names = source.class_names
+    ids, labels = source.sample_ids, source.labels
     probs = rng.dirichlet(np.ones(3), n).astype(np.float32)
     samples = pd.DataFrame({
         "sample_id": ids, "label": labels, "pred": probs.argmax(1), "confidence": probs.max(1),
@@ -27,9 +31,9 @@ def hostile_audit(n: int = 30) -> tuple[Source, findings.AuditTables]:
         "background_attention": rng.uniform(0, 1, n), "concentration": rng.uniform(0, 1, n), "cam_valid": True,
     })
     cams = rng.uniform(0, 1, (n, 4, 4)).astype(np.float32)
-    tables = findings.build_tables(samples, probs, cams, HOSTILE, (16, 16), findings.Thresholds())
+    tables = findings.build_tables(samples, probs, cams, class_names, (16, 16), findings.Thresholds())
     tables.meta = {
-        "run_id": "r", "dataset": {"name": "<b>set</b>", "split": "test", "classes": list(HOSTILE),
+        "run_id": "r", "dataset": {"name": "<b>set</b>", "split": "test", "classes": list(class_names),
                                    "fingerprint": "f", "planted": None},
         "model": {"name": "m", "origin": "user model", "layer": "<i>layer</i>", "fingerprint": "g"},
         "config": {"method": "gradcam", "out": "<script>x</script>"}, "results": {"accuracy": 0.5, "samples": n},
@@ -40,7 +44,7 @@ def hostile_audit(n: int = 30) -> tuple[Source, findings.AuditTables]:
 
 
 def test_report_directory_holds_every_file_of_the_data_contract(tmp_path):
-    source, tables = hostile_audit()
+    source, tables = hostile_audit(tmp_path)
     out = report.write_report(tmp_path / "run", source, tables)
     assert len(pd.read_parquet(out / "samples.parquet")) == 30
     csv = pd.read_csv(out / "samples.csv")
@@ -56,18 +60,19 @@ def test_report_directory_holds_every_file_of_the_data_contract(tmp_path):
 
 
 def test_names_holding_html_and_script_are_escaped_and_never_become_paths(tmp_path):
-    source, tables = hostile_audit()
+    source, tables = hostile_audit(tmp_path)
     out = report.write_report(tmp_path / "run", source, tables)
     html = (out / "index.html").read_text()
-    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert "<img src=x" not in html and "<script>warn()" not in html and "<b>set</b>" not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html and "&lt;svg onload=alert(3)&gt;" in html
+    assert "<img src=x" not in html and "<svg" not in html and "<script>warn()" not in html
+    assert "<b>set</b>" not in html and "&amp;amp;.." in html
     assert html.count("<script") == 1  # only the report's own script tag
     assert all(p.resolve().is_relative_to(out.resolve()) for p in out.rglob("*"))
     assert not (tmp_path / "etc").exists()
 
 
 def test_a_failure_while_writing_leaves_no_report_directory(tmp_path, monkeypatch):
-    source, tables = hostile_audit()
+    source, tables = hostile_audit(tmp_path)
 
     def broken(*args, **kwargs):
         Path(args[0], "samples.csv").write_text("half")
@@ -76,11 +81,11 @@ def test_a_failure_while_writing_leaves_no_report_directory(tmp_path, monkeypatc
     monkeypatch.setattr(report, "_write_report_files", broken)
     with pytest.raises(OSError):
         report.write_report(tmp_path / "run", source, tables)
-    assert list(tmp_path.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
 def test_an_existing_report_directory_is_never_overwritten(tmp_path):
-    source, tables = hostile_audit()
+    source, tables = hostile_audit(tmp_path)
     (tmp_path / "run").mkdir()
     with pytest.raises(AuditError, match="already exists"):
         report.write_report(tmp_path / "run", source, tables)

@@ -32,11 +32,20 @@ def test_masks_cover_the_drawn_shape_and_stay_off_the_border():
 
 def test_demo_source_yields_every_sample_once_in_batches_with_stable_ids():
     source = open_source(SourceSpec(split="test", test_size=130, train_size=10))
-    batches = list(source.batches(batch_size=50))
-    assert [len(b["label"]) for b in batches] == [50, 50, 30]
-    ids = np.concatenate([b["sample_id"] for b in batches])
+    batches = list(source.batches((32, 32), batch_size=50))
+    assert [len(b.labels) for b in batches] == [50, 50, 30]
+    ids = np.concatenate([b.sample_ids for b in batches])
     assert len(set(ids)) == 130 and ids[0] == "test/00000"
-    assert batches[0]["image"].dtype == np.uint8 and batches[0]["foreground"].shape == (50, 32, 32)
+    assert batches[0].images.dtype == np.uint8 and batches[0].foreground.shape == (50, 32, 32)
+    assert list(batches[0].mask_kind[:2]) == ["true", "true"]
     assert source.planted["class_name"] == "triangle"
+    assert np.concatenate([b.planted for b in batches]).sum() == source.planted["marked_samples"]
     train = open_source(SourceSpec(split="train", test_size=130, train_size=130))
     assert train.fingerprint != source.fingerprint
+
+
+def test_demo_images_are_resized_with_their_masks_for_a_larger_model_input():
+    source = open_source(SourceSpec(split="test", test_size=20, train_size=10))
+    (batch,) = source.batches((64, 64), batch_size=20)
+    assert batch.images.shape == (20, 64, 64, 3) and batch.foreground.shape == (20, 64, 64)
+    assert abs(batch.foreground.mean() - source.masks.mean()) < 0.01

@@ -1,0 +1,84 @@
+"""Reading image files as they really are: sniffing, the careful (Pillow) decoder, and resizing.
+
+Most files (baseline RGB/grey JPEG, PNG, GIF, BMP without transparency or EXIF rotation) take TensorFlow's fast
+parallel decoder; :func:`sniff` sends the others to :func:`decode_careful`, which composites transparency over white,
+converts CMYK and palettes, scales 16-bit images, applies the EXIF orientation and takes an animation's first frame.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: What the report and audit.json say about how images reach the model.
+RESIZE_POLICY = "bilinear resize with antialiasing to the model's input size; aspect ratio not kept"
+#: Transparent pixels are composited over this background.
+BACKGROUND = (255, 255, 255)
+_FAST_FORMATS = {"JPEG", "PNG", "GIF", "BMP"}
+_FAST_MODES = {"RGB", "L", "P"}
+_ORIENTATION_TAG = 0x0112
+
+
+class Unreadable(Exception):
+    """A file that cannot be decoded as an image; the message is the reason recorded for it."""
+
+
+def sniff(path: Path) -> bool:
+    """True when TensorFlow's decoder reads the file correctly, False when it needs :func:`decode_careful`.
+
+    Raises :class:`Unreadable` with the reason for an empty, unreadable or non-image file. Reads only the header.
+    """
+    try:
+        if path.stat().st_size == 0:
+            raise Unreadable("empty file (0 bytes)")
+        with Image.open(path) as image:
+            orientation = image.getexif().get(_ORIENTATION_TAG, 1) if image.format == "JPEG" else 1
+            return (
+                image.format in _FAST_FORMATS
+                and image.mode in _FAST_MODES
+                and "transparency" not in image.info
+                and orientation == 1
+            )
+    except PermissionError:
+        raise Unreadable("permission denied") from None
+    except UnidentifiedImageError:
+        raise Unreadable(f"not an image file ({path.suffix or 'no extension'})") from None
+    except OSError as err:
+        raise Unreadable(f"unreadable: {err}") from None
+
+
+def decode_careful(path: Path) -> np.ndarray:
+    """Decode any image Pillow can read into RGB uint8 (H, W, 3); raises :class:`Unreadable` with the reason."""
+    try:
+        with Image.open(path) as image:
+            image.seek(0)  # the first frame of an animation
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # 16-bit grey: scale to 8 bits instead of letting a mode conversion clip.
+                grey = np.asarray(image, dtype=np.float64)
+                peak = 65535.0 if grey.max() > 255 else 255.0
+                return np.repeat((grey / peak * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
+            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                rgba = image.convert("RGBA")
+                canvas = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+                image = Image.alpha_composite(canvas, rgba)
+            return np.asarray(image.convert("RGB"))
+    except PermissionError:
+        raise Unreadable("permission denied") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise Unreadable(f"undecodable: {err}") from None
+
+
+def resize(images: np.ndarray | tf.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Resize a batch (N, H, W, 3) or one image (H, W, 3) to ``size`` by :data:`RESIZE_POLICY`; uint8."""
+    resized = tf.image.resize(images, size, method="bilinear", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8).numpy()
+
+
+def resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize boolean masks (N, H, W) to ``size``: a pixel is foreground when most of its area was."""
+    area = tf.image.resize(masks[..., None].astype(np.float32), size, method="area")
+    return area.numpy()[..., 0] >= 0.5

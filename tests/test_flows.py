@@ -1,0 +1,53 @@
+"""End-to-end audits of each kind of source through the Prefect flow (ephemeral API), from the Python API."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from pipeline import audit, synthetic
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def shapes_folder(tmp_path_factory):
+    """The demo's shapes written as PNG files in <root>/<split>/<class>/, plus broken files in the test split."""
+    root = tmp_path_factory.mktemp("shapes")
+    mark = synthetic.PlantedMark("triangle")
+    for split, n, seed in (("train", 600, 1), ("test", 150, 2)):
+        data = synthetic.make_split(n, seed=seed, planted=mark)
+        for i, (image, label) in enumerate(zip(data.images, data.labels, strict=True)):
+            folder = root / split / synthetic.SHAPES[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{i:04d}.png")
+    (root / "test" / "ring" / "empty.png").write_bytes(b"")
+    (root / "test" / "ring" / "readme.txt").write_text("not an image")
+    return root
+
+
+def test_an_image_folder_is_audited_end_to_end_with_its_broken_files_recorded(shapes_folder, tmp_path):
+    result = audit(str(shapes_folder), epochs=2, out=str(tmp_path / "report"), shard_size=64)
+    assert result.meta["dataset"]["split"] == "test"
+    assert result.meta["model"]["trained_on"] == "shapes0/train"
+    assert len(result.samples) == 150 and result.samples["sample_id"].str.startswith("test/").all()
+    assert result.samples["mask_kind"].eq("estimated").all()
+    skipped = {s["sample_id"]: s["reason"] for s in json.loads((tmp_path / "report" / "audit.json").read_text())[
+        "skipped"]}
+    assert set(skipped) == {"test/ring/empty.png", "test/ring/readme.txt"}
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert "test/ring/readme.txt" in html and "not an image file" in html
+    assert len(pd.read_parquet(tmp_path / "report" / "samples.parquet")) == 150
+
+
+def test_a_tfds_split_is_audited_end_to_end_offline(tmp_path):
+    with tfds.testing.mock_data(num_examples=40):
+        result = audit("cifar10", data_dir=str(tmp_path / "tfds"), epochs=1, out=str(tmp_path / "report"))
+    assert len(result.samples) == 40
+    assert result.samples["sample_id"].str.startswith("cifar10-test").all()
+    assert result.meta["model"]["trained_on"] == "cifar10/train"
+    assert np.isfinite(result.samples["confidence"]).all()
+    assert (tmp_path / "report" / "index.html").is_file()
