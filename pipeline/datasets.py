@@ -236,10 +236,15 @@ class FolderSource(Source):
         return Batch(batch.images, batch.labels, batch.sample_ids, foreground, kind, None, batch.skipped)
 
     def _fast_decoder(self, size: tuple[int, int]):
+        def resize(image):
+            image = tf.image.resize(image, size, method="bilinear", antialias=True)
+            return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
         def decode(path, index):
             image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-            image = tf.image.resize(image, size, method="bilinear", antialias=True)
-            return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), index
+            image.set_shape([None, None, 3])
+            same = tf.reduce_all(tf.shape(image)[:2] == size)
+            return tf.cond(same, lambda: image, lambda: resize(image)), index
         return decode
 
     def batches(self, size, batch_size, start=0, stop=None):
