@@ -72,10 +72,13 @@ engine = GradCAM(small_cnn())
 shards = [scan(source, engine, start, start + 2048, 256) for start in range(0, len(source), 2048)]
 merged = merge(shards)
 assert len(merged.table) == len(source)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+current = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS"))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, current / 1024)
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(result.stdout.strip().splitlines()[-1])
+    peak, end = (float(x) for x in result.stdout.strip().splitlines()[-1].split())
+    print(f"  {split}: peak RSS {peak:,.0f} MB, RSS at the end {end:,.0f} MB")
+    return peak
 
 
 def main() -> None:

@@ -85,15 +85,37 @@ def build_parser() -> argparse.ArgumentParser:
                      help="image folders: foreground masks named like the images (<DIR>/<class>/<stem>.png or "
                           "<DIR>/<stem>.png; trimaps 1=object 2=background 3=boundary, or binary)")
     _add_audit_options(run)
+
+    review = commands.add_parser(
+        "apply-review", help="turn a review.csv exported from a report into label corrections",
+        description="Check REVIEW_CSV (exported from a report's Review section) against its report - same run id, "
+                    "audited samples, known labels - and write label-corrections.csv and label-corrections.json "
+                    "(sample_id, action relabel/remove, old and new label) for a data pipeline to apply.",
+    )
+    review.add_argument("review_csv", metavar="REVIEW_CSV", help="the review.csv exported from the report")
+    review.add_argument("--report", metavar="DIR", help="the report directory (default: the folder of REVIEW_CSV)")
+    review.add_argument("--out", metavar="DIR", help="where to write the corrections (default: beside REVIEW_CSV)")
     return parser
+
+
+def _apply_review(args: argparse.Namespace) -> None:
+    from .review import apply_review
+
+    corrections = apply_review(args.review_csv, args.report, args.out)
+    actions = corrections.table["action"].value_counts()
+    print(f"{actions.get('relabel', 0)} relabelled, {actions.get('remove', 0)} removed, {corrections.kept} kept")
+    print(f"corrections: {corrections.csv_path} and {corrections.json_path}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    options = {k: v for k, v in vars(args).items() if k not in ("command",)}
-    if args.command == "demo":
-        options["dataset"] = "demo"
     try:
+        if args.command == "apply-review":
+            _apply_review(args)
+            return 0
+        options = {k: v for k, v in vars(args).items() if k != "command"}
+        if args.command == "demo":
+            options["dataset"] = "demo"
         result = audit(**options)
     except AuditError as err:
         print(f"gradcam-audit: error: {' '.join(str(err).split())}", file=sys.stderr)

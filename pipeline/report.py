@@ -13,10 +13,14 @@ import uuid
 from pathlib import Path
 
 import jinja2
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from PIL import Image
+
+matplotlib.use("Agg")
+from matplotlib import pyplot as plt  # noqa: E402
 
 from .datasets import Source
 from .errors import AuditError
@@ -96,6 +100,68 @@ def _sample_cards(source: Source, tables: AuditTables, rows: pd.DataFrame, asset
     return cards
 
 
+#: Statistics whose per-class distributions the report plots, with their titles.
+DISTRIBUTIONS = {
+    "border_focus": "border focus (1 = no preference)",
+    "corner_focus": "corner focus (1 = no preference)",
+    "background_attention": "background attention (mass off the object)",
+    "concentration": "concentration (1 - normalised entropy)",
+}
+#: Flags that make a sample a finding, for the comparison with the previous run.
+SAMPLE_FINDINGS = ("uses_shortcut", "label_issue")
+
+
+def _distribution_plots(samples: pd.DataFrame, class_names: tuple[str, ...], assets: Path) -> list[dict]:
+    """One box plot per statistic, a box per class, saved as PNG."""
+    plots = []
+    for column, title in DISTRIBUTIONS.items():
+        groups = [samples.loc[samples["label"] == k, column].dropna().to_numpy() for k in range(len(class_names))]
+        fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(class_names) + 1.2), dpi=80)
+        ax.boxplot(groups, vert=False, whis=(5, 95), showfliers=False, widths=0.6)
+        ax.set_yticks(range(1, len(class_names) + 1), [str(n)[:30] for n in class_names])
+        ax.invert_yaxis()
+        ax.grid(axis="x", alpha=0.3)
+        fig.tight_layout()
+        name = f"dist-{column}.png"
+        fig.savefig(assets / name)
+        plt.close(fig)
+        plots.append({"file": f"assets/{name}", "title": title})
+    return plots
+
+
+def _finding_sets(samples: pd.DataFrame, classes: pd.DataFrame) -> dict[str, set[str]]:
+    flags = samples["flags"].fillna("").str.split(";")
+    return {
+        "shortcut classes": set(classes.loc[classes["flagged"], "class_name"].astype(str)),
+        "flagged samples": set(samples.loc[flags.map(lambda f: bool(set(f) & set(SAMPLE_FINDINGS))), "sample_id"]),
+    }
+
+
+def _history(out_dir: Path, tables: AuditTables) -> dict | None:
+    """New, persisting and resolved findings against the latest earlier run of the same dataset and model."""
+    meta = tables.meta
+    earlier = []
+    for audit_json in out_dir.parent.glob("*/audit.json"):
+        try:
+            previous = json.loads(audit_json.read_text())
+        except (OSError, ValueError):
+            continue
+        same = (previous.get("dataset", {}).get("fingerprint") == meta["dataset"]["fingerprint"]
+                and previous.get("dataset", {}).get("split") == meta["dataset"]["split"]
+                and previous.get("model", {}).get("fingerprint") == meta["model"]["fingerprint"])
+        if same and previous.get("run_id") != meta["run_id"] and (audit_json.parent / "samples.parquet").exists():
+            earlier.append((previous.get("created", ""), audit_json.parent, previous))
+    if not earlier:
+        return None
+    _, directory, previous = max(earlier, key=lambda item: item[0])
+    before = _finding_sets(pd.read_parquet(directory / "samples.parquet"), pd.read_csv(directory / "classes.csv"))
+    now = _finding_sets(tables.samples, tables.classes)
+    rows = [{"what": what, "new": sorted(now[what] - before[what]), "persisting": sorted(now[what] & before[what]),
+             "resolved": sorted(before[what] - now[what])} for what in now]
+    return {"previous_run": previous["run_id"], "previous_created": previous.get("created", "?"),
+            "previous_link": f"../{directory.name}/index.html", "rows": rows}
+
+
 def write_report(out_dir: Path, source: Source, tables: AuditTables, gallery_size: int = 24) -> Path:
     """Write the complete report directory ``out_dir`` and return it; refuses to overwrite an existing one."""
     out_dir = Path(out_dir)
@@ -106,7 +172,7 @@ def write_report(out_dir: Path, source: Source, tables: AuditTables, gallery_siz
     try:
         assets = tmp / "assets"
         assets.mkdir(parents=True)
-        _write_report_files(tmp, assets, source, tables, gallery_size)
+        _write_report_files(tmp, assets, source, tables, gallery_size, _history(out_dir, tables), out_dir.name)
         os.rename(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -114,13 +180,19 @@ def write_report(out_dir: Path, source: Source, tables: AuditTables, gallery_siz
     return out_dir
 
 
-def _write_report_files(tmp: Path, assets: Path, source: Source, tables: AuditTables, gallery_size: int) -> None:
+def _write_report_files(tmp: Path, assets: Path, source: Source, tables: AuditTables, gallery_size: int,
+                        history: dict | None, report_name: str) -> None:
     samples, classes = tables.samples, tables.classes
     samples.to_parquet(tmp / "samples.parquet", index=False)
-    samples.to_csv(tmp / "samples.csv", index=False)
-    classes.to_csv(tmp / "classes.csv", index=False)
+    samples.to_csv(tmp / "samples.csv", index=False, float_format="%.6g")
+    classes.to_csv(tmp / "classes.csv", index=False, float_format="%.6g")
     (tmp / "audit.json").write_text(json.dumps(tables.meta, indent=2, default=str))
-    np.savez_compressed(tmp / "cams.npz", sample_id=samples["sample_id"].to_numpy(dtype=str), cam=tables.cams)
+    # Each CAM scaled to a peak of 1 and kept as float16: every use of them (overlays, class means, clustering) is
+    # scale-free, and it halves the file.
+    peak = np.nanmax(tables.cams, axis=(1, 2), keepdims=True)
+    scaled = np.divide(tables.cams, peak, out=np.zeros_like(tables.cams), where=np.isfinite(peak) & (peak > 0))
+    np.savez_compressed(tmp / "cams.npz", sample_id=samples["sample_id"].to_numpy(dtype=str),
+                        cam=np.nan_to_num(scaled).astype(np.float16))
     for name in ("report.css", "report.js"):
         shutil.copyfile(templates_dir() / "static" / name, assets / name)
 
@@ -150,5 +222,9 @@ def _write_report_files(tmp: Path, assets: Path, source: Source, tables: AuditTa
         relabel_total=int(samples["is_label_issue"].sum()),
         empty_cams=int((~samples["cam_valid"]).sum()),
         skipped=tables.meta.get("skipped", [])[:MAX_SKIPPED_SHOWN],
+        distributions=_distribution_plots(samples, source.class_names, assets),
+        history=history,
+        class_names=[str(n) for n in source.class_names],
+        report_name=f"reports/{report_name}",
     )
     (tmp / "index.html").write_text(html, encoding="utf-8")

@@ -10,11 +10,17 @@ from pipeline.settings import apply_environment_defaults  # noqa: E402
 apply_environment_defaults()
 # Prefect binds its log handlers to the stderr of the moment it is imported: import it now, outside any test's
 # capsys, so no handler is left writing to a test's closed capture stream.
+from pathlib import Path  # noqa: E402
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 import pipeline.flows  # noqa: E402, F401
+from pipeline import findings  # noqa: E402
+from pipeline.datasets import FolderSource, SourceSpec  # noqa: E402
 
 
 def small_cnn(num_classes: int = 3, head: str = "dense-softmax", seed: int = 0) -> keras.Model:
@@ -37,6 +43,40 @@ def small_cnn(num_classes: int = 3, head: str = "dense-softmax", seed: int = 0) 
     else:
         raise ValueError(head)
     return keras.Model(inputs, outputs)
+
+
+HOSTILE = ("<img src=x onerror=alert(1)>", 'quote"s\'', "&amp;..")  # folder names cannot hold '/
+
+
+def hostile_audit(root: Path, n: int = 30) -> tuple[FolderSource, findings.AuditTables]:
+    """A tiny audit of a real image folder whose class and file names carry HTML, script, quotes and '../'."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        folder = root / "data" / HOSTILE[i % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+            folder / f"<svg onload=alert({i})>..png")
+    source = FolderSource(SourceSpec(kind="folder", name=str(root / "data")))
+    class_names = source.class_names
+    ids, labels = source.sample_ids, source.labels
+    probs = rng.dirichlet(np.ones(3), n).astype(np.float32)
+    samples = pd.DataFrame({
+        "sample_id": ids, "label": labels, "pred": probs.argmax(1), "confidence": probs.max(1),
+        "label_prob": probs[np.arange(n), labels], "border_focus": rng.uniform(0.5, 1.5, n),
+        "corner_focus": rng.uniform(0.5, 2, n), "focus_corner": "top-left",
+        "background_attention": rng.uniform(0, 1, n), "concentration": rng.uniform(0, 1, n), "cam_valid": True,
+    })
+    cams = rng.uniform(0, 1, (n, 4, 4)).astype(np.float32)
+    tables = findings.build_tables(samples, probs, cams, class_names, (16, 16), findings.Thresholds())
+    tables.meta = {
+        "run_id": "r", "dataset": {"name": "<b>set</b>", "split": "test", "classes": list(class_names),
+                                   "fingerprint": "f", "planted": None},
+        "model": {"name": "m", "origin": "user model", "layer": "<i>layer</i>", "fingerprint": "g"},
+        "config": {"method": "gradcam", "out": "<script>x</script>"}, "results": {"accuracy": 0.5, "samples": n},
+        "skipped": [], "warnings": ["<script>warn()</script>"], "thresholds": findings.Thresholds().as_dict(),
+        "versions": {"gradcam-audit": "0"}, "timings": {"total_s": 1.0},
+    }
+    return source, tables
 
 
 @pytest.fixture

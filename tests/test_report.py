@@ -1,46 +1,11 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from conftest import hostile_audit
 
-from pipeline import AuditError, findings, report
-from pipeline.datasets import FolderSource, SourceSpec
-
-HOSTILE = ("<img src=x onerror=alert(1)>", 'quote"s\'', "&amp;..")  # folder names cannot hold '/
-
-
-def hostile_audit(root: Path, n: int = 30) -> tuple[FolderSource, findings.AuditTables]:
-    """A tiny audit of a real image folder whose class and file names carry HTML, script, quotes and '../'."""
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        folder = root / "data" / HOSTILE[i % 3]
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
-            folder / f"<svg onload=alert({i})>..png")
-    source = FolderSource(SourceSpec(kind="folder", name=str(root / "data")))
-    class_names = source.class_names
-    ids, labels = source.sample_ids, source.labels
-    probs = rng.dirichlet(np.ones(3), n).astype(np.float32)
-    samples = pd.DataFrame({
-        "sample_id": ids, "label": labels, "pred": probs.argmax(1), "confidence": probs.max(1),
-        "label_prob": probs[np.arange(n), labels], "border_focus": rng.uniform(0.5, 1.5, n),
-        "corner_focus": rng.uniform(0.5, 2, n), "focus_corner": "top-left",
-        "background_attention": rng.uniform(0, 1, n), "concentration": rng.uniform(0, 1, n), "cam_valid": True,
-    })
-    cams = rng.uniform(0, 1, (n, 4, 4)).astype(np.float32)
-    tables = findings.build_tables(samples, probs, cams, class_names, (16, 16), findings.Thresholds())
-    tables.meta = {
-        "run_id": "r", "dataset": {"name": "<b>set</b>", "split": "test", "classes": list(class_names),
-                                   "fingerprint": "f", "planted": None},
-        "model": {"name": "m", "origin": "user model", "layer": "<i>layer</i>", "fingerprint": "g"},
-        "config": {"method": "gradcam", "out": "<script>x</script>"}, "results": {"accuracy": 0.5, "samples": n},
-        "skipped": [], "warnings": ["<script>warn()</script>"], "thresholds": findings.Thresholds().as_dict(),
-        "versions": {"gradcam-audit": "0"}, "timings": {"total_s": 1.0},
-    }
-    return source, tables
+from pipeline import AuditError, report
 
 
 def test_report_directory_holds_every_file_of_the_data_contract(tmp_path):
