@@ -69,7 +69,7 @@ from pipeline.gradcam import GradCAM
 from pipeline.samples import merge, scan
 source = open_source(SourceSpec(kind="folder", name={str(data)!r}, split={split!r}))
 engine = GradCAM(small_cnn())
-shards = [scan(source, engine, start, start + 2048, 256) for start in range(0, len(source), 2048)]
+shards = [scan(source, [engine], start, start + 2048, 256) for start in range(0, len(source), 2048)]
 merged = merge(shards)
 assert len(merged.table) == len(source)
 current = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS"))
@@ -93,7 +93,7 @@ def main() -> None:
     from pipeline.gradcam import GradCAM
 
     source = open_source(SourceSpec(kind="folder", name=str(args.data), split="test"))
-    images, labels = source.arrays((32, 32))
+    images, labels, _ = source.arrays((32, 32))
     images = images.astype("float32")
     model = small_cnn()
     engine = GradCAM(model)

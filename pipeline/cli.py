@@ -8,8 +8,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import AuditError, audit
-from .config import AuditConfig
+from .settings import apply_environment_defaults
+
+apply_environment_defaults()  # before anything imports TensorFlow or Prefect
+
+from . import AuditError, audit  # noqa: E402
+from .config import PREPROCESSING, AuditConfig  # noqa: E402
 
 DEFAULTS = AuditConfig()
 
@@ -29,6 +33,18 @@ def _add_audit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="PATH",
                         help="a .keras or .h5 classifier to audit, loaded in Keras safe mode (default: train or reuse "
                              "a cached reference CNN on the dataset's train split)")
+    parser.add_argument("--preprocess", choices=list(PREPROCESSING),
+                        help="how the --model expects its pixels: " + "; ".join(f"{k}: {v}" for k, v in
+                                                                             PREPROCESSING.items())
+                             + " (required for a model without its own Rescaling/Normalization layer)")
+    parser.add_argument("--unsafe-model", action="store_true",
+                        help="allow arbitrary Python code (Lambda layers) in a --model file you trust")
+    parser.add_argument("--cross-fit", type=int, default=0, metavar="K",
+                        help="train K reference models on K folds of the audited split and explain every sample "
+                             "with the model that did not see it (out-of-sample predictions for the training split)")
+    parser.add_argument("--weights", choices=["imagenet"],
+                        help="reference model: a MobileNetV2 pretrained on ImageNet at 160x160 (downloads the "
+                             "weights once; default: a small CNN trained from scratch)")
     parser.add_argument("--layer", metavar="NAME",
                         help="Grad-CAM target layer (default: the last layer with a spatial output)")
     parser.add_argument("--method", choices=["gradcam", "gradcam++", "hirescam"], default=DEFAULTS.method,

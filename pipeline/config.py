@@ -9,6 +9,16 @@ import pandas as pd
 
 from .errors import AuditError
 
+#: How raw 0-255 RGB pixels are turned into a model's input, by name (``--preprocess``); implemented by
+#: :func:`pipeline.models.preprocess_function`.
+PREPROCESSING = {
+    "none": "raw 0-255 RGB pixels (the model rescales them itself)",
+    "unit": "pixels / 255, in [0, 1]",
+    "tf": "pixels / 127.5 - 1, in [-1, 1] (MobileNet, Inception)",
+    "imagenet-caffe": "RGB to BGR minus the ImageNet channel means (VGG16, ResNet50 of keras.applications)",
+    "imagenet-torch": "pixels / 255 minus the ImageNet means over the ImageNet stds (DenseNet, PyTorch ports)",
+}
+
 
 @dataclass(frozen=True)
 class AuditConfig:
@@ -29,11 +39,23 @@ class AuditConfig:
     gallery_size: int = 24
     data_dir: str | None = None  # tfds: a prepared copy
     masks: str | None = None  # image folders: foreground masks named like the images
+    preprocess: str | None = None  # pixels -> model input (models.PREPROCESSING); None: "none" for reference models
+    unsafe_model: bool = False  # allow arbitrary code (Lambda layers) in a trusted --model file
+    cross_fit: int = 0  # K >= 2: K reference models on K folds of the audited split, each sample audited out of fold
+    weights: str | None = None  # "imagenet": a pretrained MobileNetV2 reference model (needs network once)
 
     def __post_init__(self):
         for name in ("batch_size", "shard_size", "epochs", "train_size", "test_size", "gallery_size"):
             if getattr(self, name) < 1:
                 raise AuditError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.cross_fit == 1 or self.cross_fit < 0:
+            raise AuditError(f"--cross-fit needs at least 2 folds, got {self.cross_fit}")
+        if self.cross_fit and self.model is not None:
+            raise AuditError("--cross-fit trains its own reference models; it cannot be combined with --model")
+        if self.weights not in (None, "imagenet"):
+            raise AuditError(f"--weights must be 'imagenet', got {self.weights!r}")
+        if self.weights and self.model is not None:
+            raise AuditError("--weights chooses the reference model's weights; it cannot be combined with --model")
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -78,13 +78,14 @@ class Source:
         """Original images (RGB uint8, each its own size) of the given samples, for the report's overlays."""
         raise NotImplementedError
 
-    def arrays(self, size: tuple[int, int], batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
-        """Every readable image at ``size`` with its label, for training a reference model."""
-        images, labels = [], []
+    def arrays(self, size: tuple[int, int], batch_size: int = 512) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every readable image at ``size`` with its label and sample id, for training a reference model."""
+        images, labels, ids = [], [], []
         for batch in self.batches(size, batch_size):
             images.append(batch.images)
             labels.append(batch.labels)
-        return np.concatenate(images), np.concatenate(labels)
+            ids.append(batch.sample_ids)
+        return np.concatenate(images), np.concatenate(labels), np.concatenate(ids)
 
     def describe(self) -> dict:
         return {"name": self.name, "split": self.split, "kind": self.spec.kind, "samples": len(self),

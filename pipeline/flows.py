@@ -64,53 +64,89 @@ def default_out_dir(source: Source, now: datetime) -> Path:
 
 
 def check_config(config: AuditConfig) -> Source:
-    """Open the source and check what can be checked before the flow starts; user errors raise AuditError."""
+    """Open the source (and the user's model) and check what can be checked before the flow starts, so that user
+    errors raise :class:`AuditError` with their message instead of failing a flow run."""
     source = open_source(source_spec(config))
+    models.preprocess_function(_preprocess_name(config))
     if config.model is not None:
-        models.check_model_file(config.model)
+        explainer = _explainer(config.model, config.layer, config.method, _preprocess_name(config),
+                               config.unsafe_model)
+        models.check_fit(explainer.model, source.class_names)
+        if config.preprocess is None and not models.has_own_preprocessing(explainer.model):
+            raise AuditError("the model has no Rescaling or Normalization layer of its own: declare how it expects "
+                             f"its pixels with --preprocess ({', '.join(models.PREPROCESSING)})")
     if config.out is not None and Path(config.out).exists():
         raise AuditError(f"report directory {config.out!r} already exists; choose another --out")
     return source
 
 
-@functools.lru_cache(maxsize=2)
-def _explainer(model_path: str, layer: str | None, method: str) -> GradCAM:
-    """One loaded model and compiled Grad-CAM per process, shared by the shards it runs."""
-    return GradCAM(models.load_model(model_path), layer=layer, method=method)
+def _preprocess_name(config: AuditConfig) -> str:
+    return config.preprocess or "none"
+
+
+@functools.lru_cache(maxsize=8)
+def _explainer(model_path: str, layer: str | None, method: str, preprocess: str, unsafe: bool) -> GradCAM:
+    """One loaded model and compiled Grad-CAM per process and model, shared by the shards it runs."""
+    return GradCAM(models.load_model(model_path, unsafe=unsafe), layer=layer, method=method,
+                   preprocess=models.preprocess_function(preprocess))
+
+
+def _train(config: AuditConfig, images, labels, class_names, key: str, logger) -> models.TrainedModel:
+    architecture = "mobilenetv2" if config.weights else "cnn"
+    trained = models.train_reference_model(
+        images, labels, len(class_names), cache_dir() / "models", key,
+        models.TrainConfig(epochs=config.epochs, seed=config.seed, architecture=architecture, weights=config.weights),
+        progress=logger.info,
+    )
+    logger.info("%s (%s)", "loaded from cache" if trained.cached else f"trained in {trained.seconds:.0f} s",
+                trained.path)
+    return trained
 
 
 @task(cache_policy=NO_CACHE)
 def prepare_model(config: AuditConfig) -> dict:
-    """The model to audit: the user's file, or a reference model trained on the train split (cached)."""
+    """The model(s) to audit with: the user's file; a reference model trained on the training split (cached); or,
+    with ``cross_fit`` K, K reference models each trained without one fold of the audited split."""
     logger = get_run_logger()
+    audited = open_source(source_spec(config))
+    info = {"preprocess": _preprocess_name(config), "cross_fit": config.cross_fit, "train_history": {},
+            "train_seconds": 0.0, "trained_on": None}
     if config.model is not None:
-        model = models.load_model(config.model)
-        path, origin, history, seconds = Path(config.model), "user model", {}, 0.0
+        paths, origin = [str(config.model)], "user model"
     else:
-        audited = open_source(source_spec(config))
-        train = open_source(source_spec(config, split=training_split(audited)))
-        size = models.reference_input_size(train.natural_size)
-        logger.info("training a reference CNN on %s/%s at %dx%d", train.name, train.split, *size)
-        images, labels = train.arrays(size)
-        trained = models.train_reference_model(
-            images, labels, len(train.class_names), cache_dir() / "models", f"{train.fingerprint}-{size}",
-            models.TrainConfig(epochs=config.epochs, seed=config.seed), progress=logger.info,
-        )
-        model, path, history, seconds = trained.model, trained.path, trained.history, trained.seconds
-        origin = "reference model, loaded from cache" if trained.cached else "reference model, trained now"
-        logger.info("%s (%s)", origin, path)
-    explainer = _explainer(str(path), config.layer, config.method)
-    return {"path": str(path), "name": model.name, "origin": origin, "fingerprint": models.fingerprint_model(model),
-            "layer": explainer.layer.name, "input_size": list(explainer.image_size()),
-            "trained_on": None if config.model else f"{train.name}/{train.split}",
-            "train_history": history, "train_seconds": seconds}
+        train = audited if config.cross_fit else open_source(source_spec(config, split=training_split(audited)))
+        size = (160, 160) if config.weights else models.reference_input_size(train.natural_size)
+        logger.info("training reference model(s) on %s/%s at %dx%d", train.name, train.split, *size)
+        images, labels, ids = train.arrays(size)
+        key = f"{train.fingerprint}-{size}"
+        if config.cross_fit:
+            folds = models.cross_fit_folds(ids, config.cross_fit, config.seed)
+            runs = [_train(config, images[folds != k], labels[folds != k], train.class_names,
+                           f"{key}-fold{k}of{config.cross_fit}", logger) for k in range(config.cross_fit)]
+            info["trained_on"] = f"{train.name}/{train.split}, {config.cross_fit} folds (out-of-fold predictions)"
+        else:
+            runs = [_train(config, images, labels, train.class_names, key, logger)]
+            info["trained_on"] = f"{train.name}/{train.split}"
+        paths = [str(run.path) for run in runs]
+        info["train_history"] = runs[0].history if len(runs) == 1 else [run.history for run in runs]
+        info["train_seconds"] = sum(run.seconds for run in runs)
+        origin = "reference model" + (", loaded from cache" if all(r.cached for r in runs) else ", trained now")
+    explainer = _explainer(paths[0], config.layer, config.method, info["preprocess"], config.unsafe_model)
+    model = explainer.model
+    return info | {"paths": paths, "name": model.name, "origin": origin,
+                   "fingerprint": "+".join(models.fingerprint_model(
+                       _explainer(p, config.layer, config.method, info["preprocess"], config.unsafe_model).model)
+                       for p in paths),
+                   "layer": explainer.layer.name, "input_size": list(explainer.image_size())}
 
 
 @task(cache_policy=NO_CACHE)
-def audit_shard(spec: SourceSpec, model_path: str, config: AuditConfig, start: int, stop: int) -> samples.ShardResult:
-    """Grad-CAM and statistics of samples ``start`` to ``stop``."""
-    explainer = _explainer(model_path, config.layer, config.method)
-    return samples.scan(open_source(spec), explainer, start, stop, config.batch_size)
+def audit_shard(spec: SourceSpec, model_paths: list[str], config: AuditConfig, start: int,
+                stop: int) -> samples.ShardResult:
+    """Grad-CAM and statistics of samples ``start`` to ``stop`` (each with its fold's model when cross-fitting)."""
+    explainers = [_explainer(path, config.layer, config.method, _preprocess_name(config), config.unsafe_model)
+                  for path in model_paths]
+    return samples.scan(open_source(spec), explainers, start, stop, config.batch_size, fold_seed=config.seed)
 
 
 @task(cache_policy=NO_CACHE)
@@ -147,10 +183,15 @@ def audit_flow(
     gallery_size: int = 24,
     data_dir: str | None = None,
     masks: str | None = None,
+    preprocess: str | None = None,
+    unsafe_model: bool = False,
+    cross_fit: int = 0,
+    weights: str | None = None,
 ) -> AuditResult:
     """Audit every sample of one split with Grad-CAM and write the report; parameters mirror the CLI's options."""
     config = AuditConfig(dataset, split, model, layer, method, batch_size, shard_size, out, seed, epochs,
-                         train_size, test_size, gallery_size, data_dir, masks)
+                         train_size, test_size, gallery_size, data_dir, masks, preprocess, unsafe_model, cross_fit,
+                         weights)
     logger = get_run_logger()
     started, now = time.perf_counter(), datetime.now()
     spec = source_spec(config)
@@ -169,7 +210,7 @@ def audit_flow(
     shards = []
     bounds = list(range(0, len(source), config.shard_size))
     for index, start in enumerate(bounds):
-        shards.append(audit_shard(spec, model_info["path"], config, start, start + config.shard_size))
+        shards.append(audit_shard(spec, model_info["paths"], config, start, start + config.shard_size))
         done = min(start + config.shard_size, len(source))
         rate = done / (time.perf_counter() - tick)
         logger.info("shard %d/%d done: %d/%d samples, %.0f images/s", index + 1, len(bounds), done, len(source), rate)
@@ -181,10 +222,13 @@ def audit_flow(
     timings["findings_s"] = time.perf_counter() - tick
 
     warnings = []
-    if model_info["trained_on"] == f"{source.name}/{source.split}":
+    if config.model is not None and source.split == "train":
+        warnings.append("This is the training split: if your model was trained on it, its predictions are "
+                        "in-sample, which hides label errors and overstates accuracy.")
+    elif config.model is None and model_info["trained_on"] == f"{source.name}/{source.split}":
         warnings.append("The model was trained on the audited split: predictions are in-sample, which hides label "
-                        "errors and overstates accuracy.")
-    if config.model is None and source.natural_size != tuple(model_info["input_size"]):
+                        "errors and overstates accuracy. Pass --cross-fit K for out-of-sample predictions.")
+    if config.model is None and not config.weights and source.natural_size != tuple(model_info["input_size"]):
         warnings.append("No model was given: a reference CNN was trained from scratch at a reduced resolution "
                         f"({model_info['input_size'][0]}x{model_info['input_size'][1]}).")
     skipped = source.skipped + decode_skipped

@@ -8,6 +8,7 @@ gradients (:data:`METHODS`); the rest (ReLU, upsampling, normalisation) is share
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
@@ -180,6 +181,8 @@ class GradCAM:
         ``keras.applications`` backbone inside a wrapper are supported.
     layer : name of the target layer; by default the last layer with a spatial output.
     method : one of :data:`METHODS`.
+    preprocess : applied to the float32 batches of 0-255 RGB pixels before the model, inside the compiled function
+        (see :func:`pipeline.models.preprocess_function`).
 
     Example
     -------
@@ -187,17 +190,20 @@ class GradCAM:
     >>> cams.cam_pred.shape  # (batch, h, w) at the target layer's resolution  # doctest: +SKIP
     """
 
-    def __init__(self, model: keras.Model, layer: str | None = None, method: str = "gradcam"):
+    def __init__(self, model: keras.Model, layer: str | None = None, method: str = "gradcam",
+                 preprocess: Callable[[tf.Tensor], tf.Tensor] | None = None):
         if method not in METHODS:
             raise AuditError(f"unknown Grad-CAM method {method!r}; choose from {', '.join(METHODS)}")
         if len(model.inputs) != 1:
             raise AuditError(f"model {model.name!r} has {len(model.inputs)} inputs; an image classifier has one")
+        self.model = model
         self.layer = find_target_layer(model, layer)
         self._head = _ScoreHead(model)
         features_model = keras.Model(model.inputs[0], self._head.features)
         inputs = keras.Input(shape=model.inputs[0].shape[1:], dtype=model.inputs[0].dtype)
         self._model = keras.Model(inputs, list(_expose(features_model, self.layer, inputs)))
         self._weights = METHODS[method]
+        self._preprocess = preprocess or (lambda x: x)
         self.method = method
         self._compiled = tf.function(self._explain, reduce_retracing=True)
 
@@ -210,7 +216,7 @@ class GradCAM:
 
     def _explain(self, images: tf.Tensor, labels: tf.Tensor):
         with tf.GradientTape(persistent=True) as tape:
-            acts, features = self._model(images, training=False)
+            acts, features = self._model(self._preprocess(images), training=False)
             scores, probs = self._head(features)
             pred = tf.argmax(scores, axis=-1, output_type=tf.int32)
             # Samples are independent, so the gradient of the batch sum is each sample's own gradient.

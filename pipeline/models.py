@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .config import PREPROCESSING
 from .errors import AuditError
 
 
@@ -28,6 +29,9 @@ class TrainConfig:
     learning_rate: float = 3e-3
     width: int = 16
     seed: int = 0
+    architecture: str = "cnn"  # "cnn" (build_reference_cnn) or "mobilenetv2" (build_transfer_model)
+    weights: str | None = None  # mobilenetv2 only: "imagenet" for a pretrained, frozen backbone
+    augment: bool = True  # random horizontal flips and small translations
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -63,6 +67,30 @@ def build_reference_cnn(input_shape: tuple[int, int, int], num_classes: int, wid
     return keras.Model(inputs, outputs, name="reference_cnn")
 
 
+def cross_fit_folds(sample_ids: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """The fold (0 .. k-1) of each sample: a hash of the seed and its id, so a sample keeps its fold across runs,
+    shards and processes without any stored assignment. Folds come out balanced to within sampling noise."""
+    return np.array([int.from_bytes(hashlib.sha256(f"{seed}:{sid}".encode()).digest()[:8], "little") % k
+                     for sid in sample_ids], dtype=np.int64)
+
+
+def build_transfer_model(input_size: tuple[int, int], num_classes: int, weights: str | None) -> keras.Model:
+    """MobileNetV2 (alpha 0.35) from ``keras.applications`` with a new softmax head, for photos.
+
+    With ``weights="imagenet"`` the backbone is pretrained and frozen (only the head trains); Keras downloads the
+    weights on first use, which needs network access.
+    """
+    backbone = keras.applications.MobileNetV2(input_shape=(*input_size, 3), include_top=False, weights=weights,
+                                              alpha=0.35)
+    backbone.trainable = weights is None
+    inputs = keras.Input(shape=(*input_size, 3), name="image")
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(backbone(x))
+    x = keras.layers.Dropout(0.2, name="dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(x)
+    return keras.Model(inputs, outputs, name="reference_mobilenetv2")
+
+
 def reference_input_size(natural_size: tuple[int, int] | None) -> tuple[int, int]:
     """Input size of a reference CNN: the images' own size when they are all small (<= 64 px), else 96 x 96.
 
@@ -91,13 +119,60 @@ def check_model_file(path: str | Path) -> Path:
     return path
 
 
-def load_model(path: str | Path) -> keras.Model:
-    """Load a ``.keras`` or ``.h5`` classifier in Keras safe mode (no arbitrary code from the file)."""
+def load_model(path: str | Path, unsafe: bool = False) -> keras.Model:
+    """Load a ``.keras`` or ``.h5`` classifier in Keras safe mode, which refuses arbitrary code from the file
+    (a ``Lambda`` layer's Python function); ``unsafe=True`` (``--unsafe-model``) allows it for a trusted file."""
     path = check_model_file(path)
     try:
-        return keras.saving.load_model(path, safe_mode=True, compile=False)
+        return keras.saving.load_model(path, safe_mode=not unsafe, compile=False)
     except ValueError as err:
-        raise AuditError(f"could not load model {str(path)!r} in safe mode: {err}") from err
+        if "safe_mode" in str(err) or "arbitrary code" in str(err):
+            raise AuditError(f"model {str(path)!r} contains arbitrary Python code (a Lambda layer), which safe mode "
+                             "refuses; pass --unsafe-model only if you trust the file") from None
+        raise AuditError(f"could not load model {str(path)!r}: {str(err).splitlines()[0]}") from None
+    except (OSError, TypeError, KeyError) as err:
+        raise AuditError(f"could not load model {str(path)!r}: {type(err).__name__}: {err}") from None
+
+
+def preprocess_function(name: str) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The function for a :data:`PREPROCESSING` name, on float32 batches (B, H, W, 3) of 0-255 RGB pixels."""
+    if name not in PREPROCESSING:
+        raise AuditError(f"unknown --preprocess {name!r}; choose from {', '.join(PREPROCESSING)}")
+    if name == "none":
+        return lambda x: x
+    if name == "unit":
+        return lambda x: x / 255.0
+    mode = {"tf": "tf", "imagenet-caffe": "caffe", "imagenet-torch": "torch"}[name]
+    return lambda x: keras.applications.imagenet_utils.preprocess_input(x, mode=mode)
+
+
+def has_own_preprocessing(model: keras.Model) -> bool:
+    """True when a Rescaling or Normalization layer comes before the first convolution (nested models included)."""
+    def walk(m):
+        for layer in m.layers:
+            yield from walk(layer) if isinstance(layer, keras.Model) else (layer,)
+    for layer in walk(model):
+        if isinstance(layer, keras.layers.Rescaling | keras.layers.Normalization):
+            return True
+        if isinstance(layer, keras.layers.Conv2D | keras.layers.DepthwiseConv2D | keras.layers.Dense):
+            return False
+    return False
+
+
+def check_fit(model: keras.Model, class_names: tuple[str, ...]) -> None:
+    """Fail fast, saying what does not match, when ``model`` cannot classify this dataset's RGB images."""
+    if len(model.inputs) != 1 or len(model.inputs[0].shape) != 4:
+        raise AuditError(f"model {model.name!r} does not take one batch of images (its inputs: "
+                         f"{[tuple(i.shape) for i in model.inputs]})")
+    channels = model.inputs[0].shape[-1]
+    if channels != 3:
+        raise AuditError(f"model {model.name!r} takes images with {channels} channel(s); the dataset's images are "
+                         "RGB (3 channels)")
+    units = model.outputs[0].shape[-1]
+    classes = 2 if units == 1 else units
+    if classes != len(class_names):
+        raise AuditError(f"model {model.name!r} predicts {classes} classes but the dataset has {len(class_names)} "
+                         f"({', '.join(map(str, class_names[:10]))}{', ...' if len(class_names) > 10 else ''})")
 
 
 def train_reference_model(
@@ -127,16 +202,35 @@ def train_reference_model(
         return TrainedModel(model, path, fingerprint_model(model), json.loads(meta_path.read_text()), 0.0, True)
 
     keras.utils.set_random_seed(config.seed)
-    model = build_reference_cnn(images.shape[1:], num_classes, config.width)
+    if config.architecture == "mobilenetv2":
+        try:
+            model = build_transfer_model(images.shape[1:3], num_classes, config.weights)
+        except Exception as err:  # Keras raises several types when the weights cannot be downloaded
+            raise AuditError(f"could not get {config.weights} weights for MobileNetV2 ({type(err).__name__}: "
+                             f"{str(err)[:150]}); without network access, drop --weights to train a CNN from "
+                             "scratch") from None
+    else:
+        model = build_reference_cnn(images.shape[1:], num_classes, config.width)
     steps = int(np.ceil(len(images) / config.batch_size)) * config.epochs
     schedule = keras.optimizers.schedules.CosineDecay(0.0, steps, warmup_target=config.learning_rate,
                                                       warmup_steps=max(1, steps // 10))
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
+    height, width = images.shape[1:3]
+    pad = max(1, height // 8)
+
+    def augment(x, y):
+        # Random horizontal flips and translations by up to 1/8 of the side (zero padding, then a random crop).
+        x = tf.image.random_flip_left_right(tf.cast(x, tf.float32))
+        x = tf.image.random_crop(tf.image.pad_to_bounding_box(x, pad, pad, height + 2 * pad, width + 2 * pad),
+                                 (height, width, 3))
+        return x, y
+
     train = (
         tf.data.Dataset.from_tensor_slices((images, labels))
         .shuffle(len(images), seed=config.seed)
-        .map(lambda x, y: (tf.image.random_flip_left_right(tf.cast(x, tf.float32), seed=config.seed), y))
+        .map(augment if config.augment else (lambda x, y: (tf.cast(x, tf.float32), y)),
+             num_parallel_calls=tf.data.AUTOTUNE)
         .batch(config.batch_size)
         .prefetch(tf.data.AUTOTUNE)
     )

@@ -10,7 +10,8 @@ import pandas as pd
 from . import heatmaps
 from .datasets import Source
 from .foreground import estimate_foreground
-from .gradcam import GradCAM, upsample
+from .gradcam import CamBatch, GradCAM, upsample
+from .models import cross_fit_folds
 
 
 @dataclass(frozen=True)
@@ -23,20 +24,35 @@ class ShardResult:
     skipped: list[dict]  # {"sample_id", "reason"} of inputs that could not be decoded
 
 
-def scan(source: Source, explainer: GradCAM, start: int, stop: int, batch_size: int) -> ShardResult:
+def _explain(explainers: list[GradCAM], images: np.ndarray, labels: np.ndarray, folds: np.ndarray | None):
+    """Grad-CAM of a batch; with several (cross-fitted) models, each sample by the model of its fold."""
+    if folds is None:
+        return explainers[0].explain(images, labels)
+    parts = {k: explainers[k].explain(images[folds == k], labels[folds == k]) for k in np.unique(folds)}
+    order = np.argsort(np.concatenate([np.flatnonzero(folds == k) for k in parts]), kind="stable")
+    return CamBatch(*(np.concatenate([getattr(p, f) for p in parts.values()])[order]
+                      for f in ("probs", "pred", "cam_pred", "cam_label")))
+
+
+def scan(source: Source, explainers: list[GradCAM], start: int, stop: int, batch_size: int,
+         fold_seed: int = 0) -> ShardResult:
     """Audit samples ``start`` to ``stop`` of ``source``: probabilities, CAMs and statistics per sample.
+
+    With one explainer, every sample is explained by its model; with K (cross-fitting), a sample in fold k (by
+    :func:`pipeline.models.cross_fit_folds` with ``fold_seed``) by the k-th, the model that never saw it.
 
     Images reach the model at its input size. Statistics are computed on CAMs upsampled to that size and normalised
     to mass distributions; where the source gives no foreground mask for a sample it is estimated
     (:mod:`pipeline.foreground`) and the row says ``mask_kind = "estimated"``.
     """
-    size = explainer.image_size(source.natural_size)
+    size = explainers[0].image_size(source.natural_size)
     tables, probs, cams, skipped = [], [], [], []
     for batch in source.batches(size, batch_size, start, stop):
         skipped.extend(batch.skipped)
         if len(batch.labels) == 0:
             continue
-        out = explainer.explain(batch.images, batch.labels)
+        folds = cross_fit_folds(batch.sample_ids, len(explainers), fold_seed) if len(explainers) > 1 else None
+        out = _explain(explainers, batch.images, batch.labels, folds)
         mass, valid = heatmaps.to_mass(upsample(out.cam_pred, size))
         label_mass, label_valid = heatmaps.to_mass(upsample(out.cam_label, size))
         mask_kind = np.full(len(batch.labels), "none", dtype=object) if batch.mask_kind is None \

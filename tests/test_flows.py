@@ -51,3 +51,13 @@ def test_a_tfds_split_is_audited_end_to_end_offline(tmp_path):
     assert result.meta["model"]["trained_on"] == "cifar10/train"
     assert np.isfinite(result.samples["confidence"]).all()
     assert (tmp_path / "report" / "index.html").is_file()
+
+
+def test_cross_fitting_audits_the_training_split_out_of_sample(tmp_path):
+    result = audit("demo", split="train", cross_fit=2, train_size=300, test_size=50, epochs=1,
+                   out=str(tmp_path / "report"))
+    assert len(result.samples) == 300
+    assert "2 folds" in result.meta["model"]["trained_on"] and len(result.meta["model"]["paths"]) == 2
+    assert not any("in-sample" in w for w in result.meta["warnings"])
+    in_sample = audit("demo", split="train", train_size=300, test_size=50, epochs=1, out=str(tmp_path / "again"))
+    assert any("in-sample" in w for w in in_sample.meta["warnings"])
