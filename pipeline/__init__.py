@@ -30,9 +30,11 @@ def audit(dataset: str = "demo", split: str | None = None, **options) -> AuditRe
         raise AuditError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     config = AuditConfig(dataset=dataset, split=split, **options)
     apply_environment_defaults()
-    from .flows import audit_flow, check_config, default_out_dir
+    from .flows import audit_flow, check_config, default_out_dir, task_runner
 
     source = check_config(config)  # user errors surface here, before Prefect starts
     if config.out is None:
         config = dataclasses.replace(config, out=str(default_out_dir(source, datetime.now())))
-    return audit_flow(**config.as_dict())
+    runner = task_runner(config)
+    flow = audit_flow if runner is None else audit_flow.with_options(task_runner=runner)
+    return flow(**config.as_dict())

@@ -33,7 +33,7 @@ class AuditConfig:
     shard_size: int = 2048
     out: str | None = None  # report directory; None means reports/<dataset>-<split>-<time>
     seed: int = 0
-    epochs: int = 8  # reference-model training epochs
+    epochs: int | None = None  # reference-model training epochs; None: 8, or 12 from 10,000 training images
     train_size: int = 3000  # demo dataset only
     test_size: int = 1000  # demo dataset only
     gallery_size: int = 24
@@ -43,10 +43,12 @@ class AuditConfig:
     unsafe_model: bool = False  # allow arbitrary code (Lambda layers) in a trusted --model file
     cross_fit: int = 0  # K >= 2: K reference models on K folds of the audited split, each sample audited out of fold
     weights: str | None = None  # "imagenet": a pretrained MobileNetV2 reference model (needs network once)
+    workers: int = 0  # N >= 1: run shards on a local Dask cluster of N worker processes
+    dask_address: str | None = None  # run shards on an existing Dask cluster (tcp://host:port)
 
     def __post_init__(self):
         for name in ("batch_size", "shard_size", "epochs", "train_size", "test_size", "gallery_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise AuditError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.cross_fit == 1 or self.cross_fit < 0:
             raise AuditError(f"--cross-fit needs at least 2 folds, got {self.cross_fit}")
@@ -54,6 +56,10 @@ class AuditConfig:
             raise AuditError("--cross-fit trains its own reference models; it cannot be combined with --model")
         if self.weights not in (None, "imagenet"):
             raise AuditError(f"--weights must be 'imagenet', got {self.weights!r}")
+        if self.workers < 0:
+            raise AuditError(f"--workers must be at least 1, got {self.workers}")
+        if self.workers and self.dask_address:
+            raise AuditError("give --workers (a local cluster) or --dask-address (an existing one), not both")
         if self.weights and self.model is not None:
             raise AuditError("--weights chooses the reference model's weights; it cannot be combined with --model")
 

@@ -89,7 +89,9 @@ def score_samples(samples: pd.DataFrame, probs: np.ndarray, class_names: tuple[s
     labels = out["label"].to_numpy()
     out["relabel_score"] = 1.0 - get_label_quality_scores(labels, probs, method="self_confidence")
     out["suggested_label"] = names[probs.argmax(axis=1)]
-    out["is_label_issue"] = find_label_issues(labels, probs) if len(np.unique(labels)) > 1 else False
+    # n_jobs=1: cleanlab's worker pool loses its globals under the "spawn" start method (as in Prefect's served
+    # flow runs: NameError 'pred_probs_by_class'), and on a few cores the pool gains little.
+    out["is_label_issue"] = find_label_issues(labels, probs, n_jobs=1) if len(np.unique(labels)) > 1 else False
     return out
 
 

@@ -6,7 +6,10 @@ record); every number is computed by the core modules.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import json
 import platform
 import re
 import time
@@ -16,8 +19,15 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 
 from . import findings, models, report, samples
 from .config import AuditConfig, AuditResult
@@ -91,13 +101,18 @@ def _explainer(model_path: str, layer: str | None, method: str, preprocess: str,
                    preprocess=models.preprocess_function(preprocess))
 
 
+#: From this many training images on, reference CNNs are wider and train longer (CIFAR-10 scale).
+LARGE_TRAINING_SET = 10_000
+
+
 def _train(config: AuditConfig, images, labels, class_names, key: str, logger) -> models.TrainedModel:
-    architecture = "mobilenetv2" if config.weights else "cnn"
-    trained = models.train_reference_model(
-        images, labels, len(class_names), cache_dir() / "models", key,
-        models.TrainConfig(epochs=config.epochs, seed=config.seed, architecture=architecture, weights=config.weights),
-        progress=logger.info,
+    large = len(images) >= LARGE_TRAINING_SET
+    train_config = models.TrainConfig(
+        epochs=config.epochs or (12 if large else 8), width=32 if large else 16, seed=config.seed,
+        architecture="mobilenetv2" if config.weights else "cnn", weights=config.weights,
     )
+    trained = models.train_reference_model(images, labels, len(class_names), cache_dir() / "models", key,
+                                           train_config, progress=logger.info)
     logger.info("%s (%s)", "loaded from cache" if trained.cached else f"trained in {trained.seconds:.0f} s",
                 trained.path)
     return trained
@@ -140,10 +155,32 @@ def prepare_model(config: AuditConfig) -> dict:
                    "layer": explainer.layer.name, "input_size": list(explainer.image_size())}
 
 
-@task(cache_policy=NO_CACHE)
-def audit_shard(spec: SourceSpec, model_paths: list[str], config: AuditConfig, start: int,
-                stop: int) -> samples.ShardResult:
-    """Grad-CAM and statistics of samples ``start`` to ``stop`` (each with its fold's model when cross-fitting)."""
+def _shard_cache_key(context, parameters: dict) -> str:
+    """Shard results are reused across runs (resume after a crash, re-audits) when nothing that shapes them changed:
+    the dataset and model fingerprints, the shard's range, the Grad-CAM options and this package's version."""
+    config: AuditConfig = parameters["config"]
+    key = {"dataset": parameters["dataset_fingerprint"], "model": parameters["model_fingerprint"],
+           "start": parameters["start"], "stop": parameters["stop"], "layer": config.layer, "method": config.method,
+           "preprocess": _preprocess_name(config), "masks": config.masks, "fold_seed": config.seed,
+           "version": _version("gradcam-audit")}
+    return "gradcam-audit-shard-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry a shard only after an I/O error; a user error or a bug fails at once."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, OSError) and not isinstance(error, FileNotFoundError | PermissionError)
+
+
+@task(cache_key_fn=_shard_cache_key, persist_result=True, result_serializer="pickle", retries=2,
+      retry_delay_seconds=2, retry_condition_fn=_transient)
+def audit_shard(spec: SourceSpec, model_paths: list[str], config: AuditConfig, start: int, stop: int,
+                dataset_fingerprint: str, model_fingerprint: str) -> samples.ShardResult:
+    """Grad-CAM and statistics of samples ``start`` to ``stop`` (each with its fold's model when cross-fitting).
+
+    The result is persisted under a key of the fingerprints and options, so a killed run started again computes
+    only the shards it had not finished.
+    """
     explainers = [_explainer(path, config.layer, config.method, _preprocess_name(config), config.unsafe_model)
                   for path in model_paths]
     return samples.scan(open_source(spec), explainers, start, stop, config.batch_size, fold_seed=config.seed)
@@ -166,6 +203,30 @@ def write_report(out: Path, spec: SourceSpec, tables: findings.AuditTables, gall
     return report.write_report(out, open_source(spec), tables, gallery_size)
 
 
+def task_runner(config: AuditConfig):
+    """A DaskTaskRunner on the cluster at ``dask_address``, or on a local cluster of ``workers`` processes (one
+    thread each: TensorFlow already uses the cores it has); None for the default, in-process runner."""
+    if not (config.workers or config.dask_address):
+        return None
+    from prefect_dask import DaskTaskRunner
+
+    if config.dask_address:
+        return DaskTaskRunner(address=config.dask_address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": config.workers, "threads_per_worker": 1,
+                                          "processes": True, "dashboard_address": None})
+
+
+def _log_progress(logger, artifact_id, shards_done: int, shards: int, samples_done: int, total: int,
+                  started: float) -> None:
+    elapsed = time.perf_counter() - started
+    rate = samples_done / elapsed if elapsed > 0 else float("nan")
+    eta = (total - samples_done) / rate if rate > 0 else float("nan")
+    logger.info("shard %d/%d done: %d/%d samples, %.0f images/s, ETA %.0f s", shards_done, shards, samples_done,
+                total, rate, eta)
+    update_progress_artifact(artifact_id, 100.0 * shards_done / shards,
+                             description=f"{samples_done}/{total} samples, {rate:.0f} images/s")
+
+
 @flow(name="gradcam-audit", log_prints=True)
 def audit_flow(
     dataset: str = "demo",
@@ -177,7 +238,7 @@ def audit_flow(
     shard_size: int = 2048,
     out: str | None = None,
     seed: int = 0,
-    epochs: int = 8,
+    epochs: int | None = None,
     train_size: int = 3000,
     test_size: int = 1000,
     gallery_size: int = 24,
@@ -187,11 +248,17 @@ def audit_flow(
     unsafe_model: bool = False,
     cross_fit: int = 0,
     weights: str | None = None,
+    workers: int = 0,
+    dask_address: str | None = None,
 ) -> AuditResult:
-    """Audit every sample of one split with Grad-CAM and write the report; parameters mirror the CLI's options."""
-    config = AuditConfig(dataset, split, model, layer, method, batch_size, shard_size, out, seed, epochs,
-                         train_size, test_size, gallery_size, data_dir, masks, preprocess, unsafe_model, cross_fit,
-                         weights)
+    """Audit every sample of one split with Grad-CAM and write the report; parameters mirror the CLI's options.
+
+    With ``workers`` or ``dask_address`` the shards are submitted at once to the flow's task runner (a
+    DaskTaskRunner, see :func:`task_runner`); otherwise they run one after another in this process.
+    """
+    parameters = locals()
+    config = AuditConfig(**{field.name: parameters[field.name] for field in dataclasses.fields(AuditConfig)})
+    parallel = bool(workers or dask_address)
     logger = get_run_logger()
     started, now = time.perf_counter(), datetime.now()
     spec = source_spec(config)
@@ -207,13 +274,25 @@ def audit_flow(
     timings["model_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    shards = []
-    bounds = list(range(0, len(source), config.shard_size))
-    for index, start in enumerate(bounds):
-        shards.append(audit_shard(spec, model_info["paths"], config, start, start + config.shard_size))
-        done = min(start + config.shard_size, len(source))
-        rate = done / (time.perf_counter() - tick)
-        logger.info("shard %d/%d done: %d/%d samples, %.0f images/s", index + 1, len(bounds), done, len(source), rate)
+    bounds = [(start, min(start + config.shard_size, len(source)))
+              for start in range(0, len(source), config.shard_size)]
+    progress = create_progress_artifact(0.0, key="audit-progress", description="shards of the audit done")
+    arguments = {"spec": spec, "model_paths": model_info["paths"], "config": config,
+                 "dataset_fingerprint": source.fingerprint, "model_fingerprint": model_info["fingerprint"]}
+    if parallel:
+        futures = [audit_shard.submit(start=start, stop=stop, **arguments) for start, stop in bounds]
+        pending = {future: stop - start for future, (start, stop) in zip(futures, bounds, strict=True)}
+        shard_results = {}
+        for future in as_completed(futures):
+            shard_results[future] = future.result()
+            _log_progress(logger, progress, len(shard_results), len(bounds),
+                          sum(pending[f] for f in shard_results), len(source), tick)
+        shards = [shard_results[future] for future in futures]
+    else:
+        shards = []
+        for start, stop in bounds:
+            shards.append(audit_shard(start=start, stop=stop, **arguments))
+            _log_progress(logger, progress, len(shards), len(bounds), stop, len(source), tick)
     timings["gradcam_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -260,5 +339,36 @@ def audit_flow(
                  f"{len(skipped)} inputs skipped.\n\nFlagged classes: {', '.join(flagged) or 'none'}.\n\n"
                  f"Report: `{report_dir}`",
     )
+    create_table_artifact(
+        key="audit-classes",
+        table=tables.classes[["class_name", "samples", "accuracy", "border_focus", "corner_focus",
+                              "background_attention", "shortcut_score", "flagged", "evidence"]]
+        .round(4).to_dict(orient="records"),
+        description="Classes of the audited split, with the shortcut evidence behind every flag",
+    )
     logger.info("report written to %s", report_dir)
     return AuditResult(report_dir, tables.samples, tables.classes, tables.meta)
+
+
+def serve_schedule(name: str, cron: str, config: AuditConfig) -> None:
+    """Create or update the deployment ``gradcam-audit/<name>`` with a cron schedule on the Prefect server named by
+    ``PREFECT_API_URL``, and serve it: this process runs the scheduled audits until it is stopped (Ctrl-C)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.deployments.runner import EntrypointType
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise AuditError("scheduling needs a Prefect server (the ephemeral API cannot run schedules): start one with "
+                         "`prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api")
+    try:
+        CronSchedule(cron=cron)
+    except ValueError:
+        raise AuditError(f"--cron {cron!r} is not a valid cron expression (for example '0 3 * * 1')") from None
+    with get_client(sync_client=True) as client:
+        if client.api_healthcheck() is not None:
+            raise AuditError(f"no Prefect server answers at {url}; start one with `prefect server start`")
+    check_config(config)
+    audit_flow.serve(name=name, cron=cron, parameters=config.as_dict(), entrypoint_type=EntrypointType.MODULE_PATH,
+                     description=f"Scheduled Grad-CAM audit of {config.dataset}")

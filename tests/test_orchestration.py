@@ -1,0 +1,163 @@
+"""Orchestration: resume after SIGKILL, retries only for I/O, Dask scale-out, schedules on a real Prefect server."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from prefect.states import Failed
+
+from pipeline import AuditError, audit
+from pipeline.flows import _transient
+
+pytestmark = pytest.mark.slow
+DEMO = ["demo", "--train-size", "300", "--test-size", "1200", "--epochs", "1", "--shard-size", "40"]
+
+
+def prefect_server_pids() -> set[int]:
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if b"prefect" in cmdline and b"server" in cmdline and b"uvicorn" in cmdline:
+                pids.add(int(proc.name))
+    return pids
+
+
+def cli(args, cwd, env=None, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs)
+
+
+def test_a_killed_run_resumes_with_only_the_unfinished_shards_and_the_same_report(tmp_path):
+    env = os.environ | {"GRADCAM_AUDIT_CACHE": str(tmp_path / "cache")}
+    first = cli([*DEMO, "--out", str(tmp_path / "killed")], tmp_path, env)
+    done = 0
+    for line in first.stdout:
+        done += "shard " in line and " done:" in line
+        if done >= 8:
+            os.killpg(first.pid, signal.SIGKILL)  # the CLI and its Prefect server, mid-way
+            break
+    first.wait(timeout=60)
+    assert done >= 8 and not (tmp_path / "killed").exists()
+
+    resumed = subprocess.run([sys.executable, "-m", "pipeline", *DEMO, "--out", str(tmp_path / "resumed")],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    log = resumed.stdout + resumed.stderr
+    reused = log.count("Finished in state Cached(")
+    assert 8 <= reused < 30  # the shards finished before the kill, and no others, were taken from storage
+
+    # An uninterrupted run with the same (cached) model but an empty shard store computes every shard itself.
+    fresh = subprocess.run([sys.executable, "-m", "pipeline", *DEMO, "--out", str(tmp_path / "fresh")], cwd=tmp_path,
+                           env=env | {"PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(tmp_path / "other-store")},
+                           capture_output=True, text=True, timeout=600)
+    assert fresh.returncode == 0
+    assert "Cached(" not in fresh.stdout + fresh.stderr
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "resumed" / "samples.parquet"),
+                                  pd.read_parquet(tmp_path / "fresh" / "samples.parquet"))
+    assert (pd.read_csv(tmp_path / "resumed" / "classes.csv")["evidence"].tolist()
+            == pd.read_csv(tmp_path / "fresh" / "classes.csv")["evidence"].tolist())
+
+
+def test_only_io_errors_are_retried():
+    assert _transient(None, None, Failed(data=OSError("connection reset")))
+    assert not _transient(None, None, Failed(data=FileNotFoundError("gone")))
+    assert not _transient(None, None, Failed(data=AuditError("bad model")))
+    assert not _transient(None, None, Failed(data=ValueError("bug")))
+
+
+def test_a_failed_run_leaves_no_prefect_server_behind(tmp_path):
+    broken = tmp_path / "broken" / "cat"
+    broken.mkdir(parents=True)
+    (broken / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")  # sniffs as JPEG, fails to decode
+    (tmp_path / "broken" / "dog").mkdir()
+    (tmp_path / "broken" / "dog" / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 neither")
+    before = prefect_server_pids()
+    result = subprocess.run([sys.executable, "-m", "pipeline", "run", str(tmp_path / "broken"), "--epochs", "1"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode in (1, 2)
+    time.sleep(1)
+    assert prefect_server_pids() - before == set()
+
+
+def test_shards_on_a_two_worker_dask_cluster_give_the_sequential_samples_table(tmp_path):
+    options = {"train_size": 300, "test_size": 400, "epochs": 1, "shard_size": 100}
+    sequential = audit("demo", out=str(tmp_path / "sequential"), **options)
+    parallel = audit("demo", out=str(tmp_path / "dask"), workers=2, **options)
+    pd.testing.assert_frame_equal(sequential.samples, parallel.samples)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_scheduled_audit_is_a_cron_deployment_on_a_real_server_and_runs_to_a_report(tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": url,
+                        "GRADCAM_AUDIT_CACHE": str(tmp_path / "cache")}
+    server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    served = None
+    try:
+        import httpx
+
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        else:
+            pytest.fail("the Prefect server did not start within 120 s")
+        served = cli(["schedule", "weekly-demo", "demo", "--cron", "0 3 * * 1", "--train-size", "300",
+                      "--test-size", "100", "--epochs", "1"], tmp_path, env)
+        # Prefect reads its settings when imported: point this process's client at the server explicitly.
+        with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+            deployment = None
+            for _ in range(120):
+                try:
+                    deployment = client.read_deployment_by_name("gradcam-audit/weekly-demo")
+                    break
+                except ObjectNotFound:
+                    time.sleep(1)
+            assert deployment is not None, "the deployment never appeared"
+            assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * 1"]
+            run = client.create_flow_run_from_deployment(deployment.id)
+            for _ in range(300):
+                state = client.read_flow_run(run.id).state
+                if state.is_final():
+                    break
+                time.sleep(1)
+            assert state.is_completed(), state
+        reports = list((tmp_path / "reports").glob("demo-*/index.html"))
+        assert len(reports) == 1
+    finally:
+        if served is not None:
+            os.killpg(served.pid, signal.SIGTERM)
+            served.wait(timeout=30)
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_schedule_without_a_server_says_how_to_start_one(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    result = subprocess.run([sys.executable, "-m", "pipeline", "schedule", "x", "demo", "--cron", "0 3 * * 1"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "prefect server start" in result.stderr
