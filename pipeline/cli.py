@@ -62,7 +62,7 @@ def _add_audit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, metavar="N",
                         help="seed of data generation and training (default: %(default)s)")
     parser.add_argument("--epochs", type=_positive, metavar="N",
-                        help="reference-model training epochs (default: 8; 12, with a wider CNN, from 10,000 "
+                        help="reference-model training epochs (default: 8; 15, with a wider CNN, from 10,000 "
                              "training images)")
     parser.add_argument("--gallery-size", type=_positive, default=DEFAULTS.gallery_size, metavar="N",
                         help="samples shown per gallery in the report (default: %(default)s)")

@@ -33,7 +33,7 @@ class AuditConfig:
     shard_size: int = 2048
     out: str | None = None  # report directory; None means reports/<dataset>-<split>-<time>
     seed: int = 0
-    epochs: int | None = None  # reference-model training epochs; None: 8, or 12 from 10,000 training images
+    epochs: int | None = None  # reference-model training epochs; None: 8, or 15 from 10,000 training images
     train_size: int = 3000  # demo dataset only
     test_size: int = 1000  # demo dataset only
     gallery_size: int = 24

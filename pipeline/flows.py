@@ -108,7 +108,7 @@ LARGE_TRAINING_SET = 10_000
 def _train(config: AuditConfig, images, labels, class_names, key: str, logger) -> models.TrainedModel:
     large = len(images) >= LARGE_TRAINING_SET
     train_config = models.TrainConfig(
-        epochs=config.epochs or (12 if large else 8), width=32 if large else 16, seed=config.seed,
+        epochs=config.epochs or (15 if large else 8), width=32 if large else 16, seed=config.seed,
         architecture="mobilenetv2" if config.weights else "cnn", weights=config.weights,
     )
     trained = models.train_reference_model(images, labels, len(class_names), cache_dir() / "models", key,
