@@ -68,6 +68,24 @@ def _add_audit_options(parser: argparse.ArgumentParser) -> None:
                         help="samples shown per gallery in the report (default: %(default)s)")
 
 
+def _add_demo_sizes(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train-size", type=_positive, default=DEFAULTS.train_size, metavar="N",
+                        help="demo dataset: images in the train split (default: %(default)s)")
+    parser.add_argument("--test-size", type=_positive, default=DEFAULTS.test_size, metavar="N",
+                        help="demo dataset: images in the test split (default: %(default)s)")
+
+
+def _add_source_options(parser: argparse.ArgumentParser) -> None:
+    """Options that say which images of DATASET to audit."""
+    parser.add_argument("--split", help="split to audit; tfds slicing works ('test[:20%%]') (default: 'test' where "
+                                        "there is one; 'all' for a folder without split folders)")
+    parser.add_argument("--data-dir", metavar="DIR", help="tfds: where a prepared copy of the dataset lies")
+    parser.add_argument("--masks", metavar="DIR",
+                        help="image folders: foreground masks named like the images (<DIR>/<class>/<stem>.png or "
+                             "<DIR>/<stem>.png; trimaps 1=object 2=background 3=boundary, or binary)")
+    _add_demo_sizes(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gradcam-audit",
@@ -86,10 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "image of its test split, and write reports/demo-<time>/.",
     )
     _add_audit_options(demo)
-    demo.add_argument("--train-size", type=_positive, default=DEFAULTS.train_size, metavar="N",
-                      help="images in the train split (default: %(default)s)")
-    demo.add_argument("--test-size", type=_positive, default=DEFAULTS.test_size, metavar="N",
-                      help="images in the audited test split (default: %(default)s)")
+    _add_demo_sizes(demo)
 
     run = commands.add_parser(
         "run", help="audit one split of a dataset: an image folder, a tfds dataset, or 'demo'",
@@ -99,12 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Undecodable files are skipped and listed with their reasons in the report and audit.json.",
     )
     run.add_argument("dataset", metavar="DATASET", help="an image folder, a tfds name, or 'demo'")
-    run.add_argument("--split", help="split to audit; tfds slicing works ('test[:20%%]') (default: 'test' where "
-                                     "there is one; 'all' for a folder without split folders)")
-    run.add_argument("--data-dir", metavar="DIR", help="tfds: where a prepared copy of the dataset lies")
-    run.add_argument("--masks", metavar="DIR",
-                     help="image folders: foreground masks named like the images (<DIR>/<class>/<stem>.png or "
-                          "<DIR>/<stem>.png; trimaps 1=object 2=background 3=boundary, or binary)")
+    _add_source_options(run)
     _add_audit_options(run)
 
     schedule = commands.add_parser(
@@ -117,13 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_argument("name", metavar="NAME", help="the deployment's name")
     schedule.add_argument("dataset", metavar="DATASET", help="an image folder, a tfds name, or 'demo'")
     schedule.add_argument("--cron", required=True, help="when to run, e.g. '0 3 * * 1' for Mondays at 03:00 (UTC)")
-    schedule.add_argument("--split", help="split to audit (default as for run)")
-    schedule.add_argument("--data-dir", metavar="DIR", help="tfds: where a prepared copy of the dataset lies")
-    schedule.add_argument("--masks", metavar="DIR", help="image folders: foreground masks named like the images")
-    schedule.add_argument("--train-size", type=_positive, default=DEFAULTS.train_size, metavar="N",
-                          help="demo only: images in the train split (default: %(default)s)")
-    schedule.add_argument("--test-size", type=_positive, default=DEFAULTS.test_size, metavar="N",
-                          help="demo only: images in the test split (default: %(default)s)")
+    _add_source_options(schedule)
     _add_audit_options(schedule)
 
     review = commands.add_parser(
