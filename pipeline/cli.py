@@ -6,6 +6,7 @@ Exit status: 0 on success, 2 for a user error (one line on stderr saying what to
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from .settings import apply_environment_defaults
@@ -142,6 +143,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _ProgressBar:
+    """A live progress bar (samples, images/s, ETA) in the terminal, fed after every shard of the flow.
+
+    It draws on the same rich console as Prefect's log lines (looked up when the first shard is done, after Prefect
+    has configured its logging for the run), so they scroll above the bar instead of tangling with it.
+    """
+
+    def __init__(self):
+        self.progress = None
+
+    def __call__(self, done: int, total: int, rate: float) -> None:
+        if self.progress is None:
+            from rich.progress import BarColumn, Progress, TextColumn
+
+            loggers = [logging.getLogger(), *(logging.getLogger(name) for name in logging.root.manager.loggerDict)]
+            handlers = [h for logger in loggers for h in logger.handlers if hasattr(h, "console")]
+            console = handlers[0].console if handlers else None
+            for handler in handlers:
+                handler.console = console  # one console for every Prefect log line and the bar
+            # Explicit colours: Prefect's console theme does not inherit rich's progress styles.
+            self.progress = Progress(
+                TextColumn("auditing"),
+                BarColumn(style="bright_black", complete_style="magenta", finished_style="green",
+                          pulse_style="magenta"),
+                TextColumn("{task.completed}/{task.total} samples, {task.fields[rate]} images/s, "
+                           "ETA {task.fields[eta]}"),
+                console=console, transient=True,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("audit", total=total, rate="-", eta="-")
+        eta = (total - done) / rate if rate > 0 else float("nan")
+        self.progress.update(self.task, completed=done, rate=f"{rate:,.0f}", eta=f"{eta:.0f} s")
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _audit_with_progress(options: dict):
+    """Run the audit; on a terminal, with a live progress bar under Prefect's log lines."""
+    if not sys.stderr.isatty():
+        return audit(**options)
+    from .flows import PROGRESS_LISTENERS
+
+    bar = _ProgressBar()
+    PROGRESS_LISTENERS.append(bar)
+    try:
+        return audit(**options)
+    finally:
+        PROGRESS_LISTENERS.remove(bar)
+        bar.close()
+
+
 def _apply_review(args: argparse.Namespace) -> None:
     from .review import apply_review
 
@@ -172,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         options = {k: v for k, v in vars(args).items() if k != "command"}
         if args.command == "demo":
             options["dataset"] = "demo"
-        result = audit(**options)
+        result = _audit_with_progress(options)
     except AuditError as err:
         print(f"gradcam-audit: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2

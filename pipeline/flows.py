@@ -216,6 +216,11 @@ def task_runner(config: AuditConfig):
                                           "processes": True, "dashboard_address": None})
 
 
+#: Called as ``listener(samples_done, total, images_per_second)`` after every shard of a flow run in this process;
+#: the CLI's live progress bar is one.
+PROGRESS_LISTENERS: list = []
+
+
 def _log_progress(logger, artifact_id, shards_done: int, shards: int, samples_done: int, total: int,
                   started: float) -> None:
     elapsed = time.perf_counter() - started
@@ -223,6 +228,8 @@ def _log_progress(logger, artifact_id, shards_done: int, shards: int, samples_do
     eta = (total - samples_done) / rate if rate > 0 else float("nan")
     logger.info("shard %d/%d done: %d/%d samples, %.0f images/s, ETA %.0f s", shards_done, shards, samples_done,
                 total, rate, eta)
+    for listener in PROGRESS_LISTENERS:
+        listener(samples_done, total, rate)
     update_progress_artifact(artifact_id, 100.0 * shards_done / shards,
                              description=f"{samples_done}/{total} samples, {rate:.0f} images/s")
 

@@ -161,3 +161,30 @@ def test_schedule_without_a_server_says_how_to_start_one(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pipeline", "schedule", "x", "demo", "--cron", "0 3 * * 1"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "prefect server start" in result.stderr
+
+
+def test_on_a_terminal_a_live_progress_bar_runs_under_the_log_lines_without_tangling(tmp_path):
+    import pty
+
+    main, secondary = pty.openpty()
+    env = os.environ | {"TERM": "xterm", "COLUMNS": "160", "GRADCAM_AUDIT_CACHE": str(tmp_path / "cache")}
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", *DEMO, "--out", str(tmp_path / "r")], cwd=tmp_path,
+                               env=env, stdin=secondary, stdout=secondary, stderr=secondary, close_fds=True)
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the terminal closed: the process has exited
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert process.wait(timeout=60) == 0
+    screen = b"".join(chunks).decode("utf-8", "replace")
+    bars = [line for line in screen.split("\r") if line.lstrip("\x1b[2K\n").startswith("auditing ")]
+    assert bars and all("samples" in b and "images/s" in b and "ETA" in b for b in bars)
+    # Every log line printed while the bar is shown first clears the bar's line, so the two never share a line.
+    for line in screen.split("\n"):
+        if "shard " in line and " done:" in line and "auditing " in line:
+            assert line.index("\x1b[2K") < line.index("shard ")
