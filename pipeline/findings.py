@@ -201,6 +201,31 @@ def flag_samples(samples: pd.DataFrame, classes: pd.DataFrame, thresholds: Thres
     return pd.Series([";".join(f) for f in flags], index=samples.index, name="flags")
 
 
+def suspected_region(samples: pd.DataFrame, classes: pd.DataFrame, k: int,
+                     size: tuple[int, int]) -> tuple[str, np.ndarray]:
+    """The region class ``k``'s shortcut statistic points at, as a name and a boolean (H, W) mask: the border band,
+    or the corner its samples favour most often."""
+    column = classes.loc[classes["class"] == k, "shortcut_statistic"].iloc[0]
+    if column == "border_focus":
+        return "the border band", heatmaps.border_band(*size)
+    corner = samples.loc[samples["label"] == k, "focus_corner"].mode().iloc[0]
+    return f"the {corner} corner", heatmaps.corner_regions(*size)[heatmaps.CORNERS.index(corner)]
+
+
+def add_occlusion_evidence(classes: pd.DataFrame, k: int, region: str, class_before: float, class_after: float,
+                           others_before: float, others_after: float) -> None:
+    """Record the occlusion check of class ``k`` in ``classes`` (in place) and append it to its evidence sentence."""
+    row = classes.index[classes["class"] == k][0]
+    classes.loc[row, ["occluded_accuracy_before", "occluded_accuracy_after", "others_accuracy_before",
+                      "others_accuracy_after"]] = [class_before, class_after, others_before, others_after]
+    name = classes.loc[row, "class_name"]
+    classes.loc[row, "evidence"] = (
+        classes.loc[row, "evidence"].rstrip(".")
+        + f"; blanking {region} changes '{name}' accuracy from {class_before:.0%} to {class_after:.0%} "
+        f"(other classes: {others_before:.0%} to {others_after:.0%})."
+    )
+
+
 def class_mean_cams(cams: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Mean normalised CAM of each class (C, h, w), from raw low-resolution CAMs; empty CAMs are left out."""
     mass, valid = heatmaps.to_mass(cams)

@@ -69,7 +69,12 @@ def test_demo_end_to_end_flags_the_planted_class_and_only_it(tmp_path):
     assert pd.read_csv(report_dir / "samples.csv")["sample_id"].tolist() == samples["sample_id"].tolist()
     classes = pd.read_csv(report_dir / "classes.csv")
     assert classes.loc[classes["flagged"], "class_name"].tolist() == ["triangle"]
-    assert classes.set_index("class_name").loc["triangle", "corner_focus_ratio"] > 2
+    triangle = classes.set_index("class_name").loc["triangle"]
+    assert triangle["corner_focus_ratio"] > 2
+    # The causal check: blanking the mark's corner costs the planted class accuracy, not the others.
+    assert "blanking the bottom-right corner" in triangle["evidence"]
+    assert triangle["occluded_accuracy_before"] - triangle["occluded_accuracy_after"] > (
+        triangle["others_accuracy_before"] - triangle["others_accuracy_after"])
     # Samples carrying the mark look at it far more than unmarked ones.
     marked = samples[samples["planted"]]
     assert marked["corner_focus"].median() > 2 * samples[~samples["planted"]]["corner_focus"].median()

@@ -75,3 +75,25 @@ def test_empty_cams_are_flagged_and_left_out_of_class_means():
     assert "empty_cam" in tables.samples.loc[0, "flags"]
     assert np.isfinite(tables.class_mean_cams).all()
     np.testing.assert_allclose(tables.class_mean_cams.sum(axis=(1, 2)), 1.0, rtol=1e-6)
+
+
+def test_the_suspected_region_is_the_border_band_or_the_favoured_corner():
+    from pipeline import heatmaps
+
+    samples, probs = table_with_border_class(2)
+    tables = build(samples, probs)
+    name, region = findings.suspected_region(tables.samples, tables.classes, 2, (32, 32))
+    assert name == "the border band" and (region == heatmaps.border_band(32, 32)).all()
+    tables.classes.loc[2, "shortcut_statistic"] = "corner_focus"
+    tables.samples.loc[tables.samples["label"] == 2, "focus_corner"] = "bottom-right"
+    name, region = findings.suspected_region(tables.samples, tables.classes, 2, (32, 32))
+    assert name == "the bottom-right corner" and region[31, 31] and not region[0, 0] and region.sum() == 64
+
+
+def test_occlusion_evidence_is_recorded_and_appended_to_the_sentence():
+    tables = build(*table_with_border_class(2))
+    findings.add_occlusion_evidence(tables.classes, 2, "the border band", 0.98, 0.41, 0.95, 0.94)
+    row = tables.classes.set_index("class_name").loc["c"]
+    assert row["evidence"].endswith("; blanking the border band changes 'c' accuracy from 98% to 41% "
+                                    "(other classes: 95% to 94%).")
+    assert row["occluded_accuracy_after"] == 0.41

@@ -1,3 +1,6 @@
+import tempfile
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -116,3 +119,23 @@ def test_a_transfer_model_builds_offline_without_weights_and_imagenet_weights_fa
     with pytest.raises(AuditError, match="drop --weights"):
         models.train_reference_model(images, labels, 2, tmp_path, "x",
                                      models.TrainConfig(architecture="mobilenetv2", weights="imagenet"))
+
+
+def test_blanking_the_region_a_model_relies_on_drops_only_its_class_accuracy():
+    from pipeline import heatmaps, occlusion
+
+    keras.utils.set_random_seed(0)
+    source = open_source(SourceSpec(split="train", train_size=600, test_size=10))
+    images, labels, ids = source.arrays((32, 32))
+    trained = models.train_reference_model(images, labels, 5, Path(tempfile.mkdtemp()), "occlusion",
+                                           models.TrainConfig(epochs=6, width=8, augment=False),
+                                           progress=lambda _: None)
+    corner = heatmaps.corner_regions(32, 32)[heatmaps.CORNERS.index("bottom-right")]
+    planted = source.class_names.index("triangle")
+    result = occlusion.occlusion_check(GradCAM(trained.model), source, labels, ids, planted, corner, max_samples=100)
+    assert result.samples == 100
+    # Blanking the planted mark's corner costs the planted class accuracy and barely touches the others.
+    assert result.excess_drop > 0.1, result
+    blanked = occlusion.blank(images[:2].astype(np.float32), corner)
+    assert np.allclose(blanked[:, corner], blanked[:, corner][:, :1])
+    assert (blanked[:, ~corner] == images[:2][:, ~corner]).all()

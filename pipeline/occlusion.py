@@ -1,0 +1,64 @@
+"""The causal check behind a shortcut flag: blank the suspected region and see whether the class's predictions fall.
+
+If a class's heatmaps sit in a corner because the model really uses what is there, filling that corner with a
+neutral colour should cost that class far more accuracy than it costs the other classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _decode
+from .datasets import Source
+from .gradcam import GradCAM
+
+
+@dataclass(frozen=True)
+class OcclusionResult:
+    """Accuracy of one class's samples and of the other classes' samples, before and after blanking the region."""
+
+    class_before: float
+    class_after: float
+    others_before: float
+    others_after: float
+    samples: int  # of the class; as many of the other classes
+
+    @property
+    def excess_drop(self) -> float:
+        """How much more accuracy the class loses than the other classes do (points in [-1, 1])."""
+        return (self.class_before - self.class_after) - (self.others_before - self.others_after)
+
+
+def blank(images: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Fill ``region`` (H, W bool) of every image (N, H, W, 3) with that image's mean colour outside the region."""
+    outside = images[:, ~region, :].mean(axis=1)
+    out = images.astype(np.float32, copy=True)
+    out[:, region, :] = outside[:, None, :]
+    return out
+
+
+def occlusion_check(explainer: GradCAM, source: Source, labels: np.ndarray, sample_ids: np.ndarray, k: int,
+                    region: np.ndarray, max_samples: int = 300, batch_size: int = 128,
+                    seed: int = 0) -> OcclusionResult:
+    """Accuracy of class ``k`` and of the other classes with and without ``region`` blanked (at the model's size).
+
+    Up to ``max_samples`` samples of the class and as many of the other classes, drawn with ``seed``.
+    """
+    rng = np.random.default_rng(seed)
+    mine, others = np.flatnonzero(labels == k), np.flatnonzero(labels != k)
+    n = min(max_samples, len(mine), len(others))
+    chosen = np.concatenate([rng.choice(mine, n, replace=False), rng.choice(others, n, replace=False)])
+    size = region.shape
+    images = np.stack([_decode.resize(image, size) for image in source.load(list(sample_ids[chosen]))])
+    truth = labels[chosen]
+
+    def accuracy(batch: np.ndarray) -> np.ndarray:
+        pred = np.concatenate([explainer.explain(batch[i : i + batch_size], truth[i : i + batch_size]).pred
+                               for i in range(0, len(batch), batch_size)])
+        return pred == truth
+
+    before, after = accuracy(images.astype(np.float32)), accuracy(blank(images, region))
+    return OcclusionResult(float(before[:n].mean()), float(after[:n].mean()), float(before[n:].mean()),
+                           float(after[n:].mean()), int(n))
