@@ -77,7 +77,8 @@ def _add_demo_sizes(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_source_options(parser: argparse.ArgumentParser) -> None:
-    """Options that say which images of DATASET to audit."""
+    """DATASET and the options that say which of its images to audit."""
+    parser.add_argument("dataset", metavar="DATASET", help="an image folder, a tfds name, or 'demo'")
     parser.add_argument("--split", help="split to audit; tfds slicing works ('test[:20%%]') (default: 'test' where "
                                         "there is one; 'all' for a folder without split folders)")
     parser.add_argument("--data-dir", metavar="DIR", help="tfds: where a prepared copy of the dataset lies")
@@ -114,7 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "set with an image and a class label), downloaded when not prepared in --data-dir; or 'demo'. "
                     "Undecodable files are skipped and listed with their reasons in the report and audit.json.",
     )
-    run.add_argument("dataset", metavar="DATASET", help="an image folder, a tfds name, or 'demo'")
     _add_source_options(run)
     _add_audit_options(run)
 
@@ -126,9 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "runs the scheduled audits, each writing its own report, until you stop it.",
     )
     schedule.add_argument("name", metavar="NAME", help="the deployment's name")
-    schedule.add_argument("dataset", metavar="DATASET", help="an image folder, a tfds name, or 'demo'")
-    schedule.add_argument("--cron", required=True, help="when to run, e.g. '0 3 * * 1' for Mondays at 03:00 (UTC)")
     _add_source_options(schedule)
+    schedule.add_argument("--cron", required=True, help="when to run, e.g. '0 3 * * 1' for Mondays at 03:00 (UTC)")
     _add_audit_options(schedule)
 
     review = commands.add_parser(

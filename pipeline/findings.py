@@ -147,17 +147,14 @@ def _evidence(samples: pd.DataFrame, table: pd.DataFrame, k: int, column: str, i
               flagged: bool) -> str:
     """A sentence with the numbers behind a class's shortcut score."""
     name = table.loc[k, "class_name"]
-    mine = samples["label"].to_numpy() == k
     others = table.loc[table["class"] != k, column].median()
-    if column == "border_focus":
-        band = heatmaps.border_band(*image_size)
-        share = band.mean()
+    corner, mask = _region(samples, k, column, image_size)
+    share = mask.mean()
+    if corner is None:
         width = int(round(heatmaps.BORDER_FRACTION * min(image_size)))
         region = f"the {width}-px border band ({share:.0%} of the image)"
     else:
-        corner = samples.loc[mine, "focus_corner"].mode()
-        share = heatmaps.CORNER_FRACTION**2
-        region = f"the {corner.iloc[0] if len(corner) else ''} corner ({share:.0%} of the image)"
+        region = f"the {corner} corner ({share:.0%} of the image)"
     mass, other_mass = table.loc[k, column] * share, others * share
     auroc = table.loc[k, f"{column}_auroc"]
     verdict = "likely shortcut" if flagged else "no shortcut signal"
@@ -201,15 +198,23 @@ def flag_samples(samples: pd.DataFrame, classes: pd.DataFrame, thresholds: Thres
     return pd.Series([";".join(f) for f in flags], index=samples.index, name="flags")
 
 
+def _region(samples: pd.DataFrame, k: int, column: str, size: tuple[int, int]) -> tuple[str | None, np.ndarray]:
+    """Where ``column`` looks for class ``k``: (None, the border band) or (corner name, the corner its samples
+    favour most often), the mask boolean (H, W)."""
+    if column == "border_focus":
+        return None, heatmaps.border_band(*size)
+    corners = samples.loc[(samples["label"] == k) & (samples["focus_corner"] != ""), "focus_corner"].mode()
+    corner = corners.iloc[0] if len(corners) else heatmaps.CORNERS[0]
+    return corner, heatmaps.corner_regions(*size)[heatmaps.CORNERS.index(corner)]
+
+
 def suspected_region(samples: pd.DataFrame, classes: pd.DataFrame, k: int,
                      size: tuple[int, int]) -> tuple[str, np.ndarray]:
     """The region class ``k``'s shortcut statistic points at, as a name and a boolean (H, W) mask: the border band,
     or the corner its samples favour most often."""
     column = classes.loc[classes["class"] == k, "shortcut_statistic"].iloc[0]
-    if column == "border_focus":
-        return "the border band", heatmaps.border_band(*size)
-    corner = samples.loc[samples["label"] == k, "focus_corner"].mode().iloc[0]
-    return f"the {corner} corner", heatmaps.corner_regions(*size)[heatmaps.CORNERS.index(corner)]
+    corner, mask = _region(samples, k, column, size)
+    return ("the border band" if corner is None else f"the {corner} corner"), mask
 
 
 def add_occlusion_evidence(classes: pd.DataFrame, k: int, region: str, class_before: float, class_after: float,

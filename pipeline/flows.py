@@ -287,11 +287,9 @@ def audit_flow(
     parallel = bool(workers or dask_address)
     logger = get_run_logger()
     started, now = time.perf_counter(), datetime.now()
+    source = check_config(config)  # again here: deployments start the flow without pipeline.audit()
     spec = source_spec(config)
-    source = open_source(spec)
     out_dir = Path(out) if out else default_out_dir(source, now)
-    if out_dir.exists():
-        raise AuditError(f"report directory {str(out_dir)!r} already exists; choose another --out")
     logger.info("auditing %s/%s: %d samples, %d classes, %d inputs skipped", source.name, source.split,
                 len(source), len(source.class_names), len(source.skipped))
     timings = {}
