@@ -26,8 +26,9 @@ class Unreadable(Exception):
     """A file that cannot be decoded as an image; the message is the reason recorded for it."""
 
 
-def sniff(path: Path) -> bool:
-    """True when TensorFlow's decoder reads the file correctly, False when it needs :func:`decode_careful`.
+def sniff(path: Path) -> tuple[bool, tuple[int, int]]:
+    """Whether TensorFlow's decoder reads the file correctly (else it needs :func:`decode_careful`), and the
+    image's (height, width) as displayed (after its EXIF orientation).
 
     Raises :class:`Unreadable` with the reason for an empty, unreadable or non-image file. Reads only the header.
     """
@@ -36,12 +37,15 @@ def sniff(path: Path) -> bool:
             raise Unreadable("empty file (0 bytes)")
         with Image.open(path) as image:
             orientation = image.getexif().get(_ORIENTATION_TAG, 1) if image.format == "JPEG" else 1
-            return (
+            fast = (
                 image.format in _FAST_FORMATS
                 and image.mode in _FAST_MODES
                 and "transparency" not in image.info
                 and orientation == 1
             )
+            width, height = image.size
+            # Orientations 5 to 8 turn the image by 90 degrees.
+            return fast, ((width, height) if orientation in (5, 6, 7, 8) else (height, width))
     except PermissionError:
         raise Unreadable("permission denied") from None
     except UnidentifiedImageError:

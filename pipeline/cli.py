@@ -13,7 +13,7 @@ from .settings import apply_environment_defaults
 
 apply_environment_defaults()  # before anything imports TensorFlow or Prefect
 
-from . import AuditError, audit  # noqa: E402
+from . import AuditError, artifacts, audit  # noqa: E402
 from .config import PREPROCESSING, AuditConfig  # noqa: E402
 
 DEFAULTS = AuditConfig()
@@ -65,6 +65,9 @@ def _add_audit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=_positive, metavar="N",
                         help="reference-model training epochs (default: 8; 15, with a wider CNN, from 10,000 "
                              "training images)")
+    parser.add_argument("--train-limit", type=_positive, metavar="N",
+                        help="reference models: train on a fixed random subset of at most N images of the training "
+                             "split (faster, less accurate; default: all)")
     parser.add_argument("--gallery-size", type=_positive, default=DEFAULTS.gallery_size, metavar="N",
                         help="samples shown per gallery in the report (default: %(default)s)")
 
@@ -129,6 +132,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_options(schedule)
     schedule.add_argument("--cron", required=True, help="when to run, e.g. '0 3 * * 1' for Mondays at 03:00 (UTC)")
     _add_audit_options(schedule)
+
+    validate = commands.add_parser(
+        "validate", help="plant an artifact into a copy of a dataset, audit it, and measure whether it is found",
+        description="Blend an artifact (a corner mark, a border frame or a text stamp) into a fraction of one "
+                    "class's images in every split of DATASET (in memory; nothing is written to the dataset), train "
+                    "a reference model on the planted training split, audit the planted audited split, and print "
+                    "the detection figures: the planted class's rank among the classes, whether a clean class was "
+                    "flagged, the sample-level AUROC and precision at k of stamped versus clean images. The report "
+                    "holds them too (audit.json -> validation).",
+    )
+    _add_source_options(validate)
+    validate.add_argument("--artifact", required=True, choices=list(artifacts.KINDS),
+                          help="corner: a checkerboard patch; frame: a solid border; stamp: white text")
+    validate.add_argument("--class", dest="class_name", metavar="NAME",
+                          help="the class whose images get the artifact (default: the first class)")
+    validate.add_argument("--position", choices=list(artifacts.POSITIONS), default="bottom-right",
+                          help="corner mark and stamp: which corner (default: %(default)s)")
+    validate.add_argument("--size", type=float, metavar="F",
+                          help="fraction of the shorter side: the patch's side, the frame's width, the text's height "
+                               f"(defaults: {', '.join(f'{k} {v}' for k, v in artifacts.DEFAULT_SIZES.items())})")
+    validate.add_argument("--opacity", type=float, default=1.0, metavar="F",
+                          help="alpha of the artifact, in (0, 1] (default: %(default)s)")
+    validate.add_argument("--rate", type=float, default=0.5, metavar="F",
+                          help="fraction of the class's images that carry it, in (0, 1] (default: %(default)s)")
+    validate.add_argument("--text", default="stock", help="the stamp's text (default: %(default)s)")
+    _add_audit_options(validate)
 
     review = commands.add_parser(
         "apply-review", help="turn a review.csv exported from a report into label corrections",
@@ -213,6 +242,34 @@ def _schedule(args: argparse.Namespace) -> None:
     serve_schedule(args.name, args.cron, AuditConfig(**options))
 
 
+ARTIFACT_OPTIONS = ("artifact", "class_name", "position", "size", "opacity", "rate", "text")
+
+
+def _planted_options(options: dict) -> dict:
+    """``validate``'s options as an audit's: the artifact's own options become the ``artifact`` field."""
+    planted = {name: options.pop(name) for name in ARTIFACT_OPTIONS}
+    if planted["class_name"] is None:
+        from .datasets import open_source
+        from .flows import source_spec
+
+        planted["class_name"] = open_source(source_spec(AuditConfig(**options))).class_names[0]
+    planted["kind"] = planted.pop("artifact")
+    planted["seed"] = options.get("seed", 0)
+    return options | {"artifact": artifacts.Artifact(**planted).as_dict()}
+
+
+def _print_detection(figures: dict) -> None:
+    clean = ", ".join(figures["clean_classes_flagged"]) or "none"
+    print(f"planted class {figures['planted_class']!r} ({figures['stamped_samples']} stamped audited images): "
+          f"rank {figures['rank']}, {'flagged' if figures['flagged'] else 'NOT flagged'}; clean classes flagged: "
+          f"{clean}")
+    print(f"sample level (focus on {figures['suspected_region']}): AUROC {figures['sample_auroc']:.3f} stamped vs "
+          f"clean ({figures['sample_auroc_within_class']:.3f} within the class); precision at "
+          f"{figures['stamped_samples']} {figures['precision_at_stamped']:.3f}, at 100 "
+          f"{figures['precision_at_100']:.3f}; uses_shortcut flag precision {figures['uses_shortcut_precision']:.3f}"
+          f", recall {figures['uses_shortcut_recall']:.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -225,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         options = {k: v for k, v in vars(args).items() if k != "command"}
         if args.command == "demo":
             options["dataset"] = "demo"
+        if args.command == "validate":
+            options = _planted_options(options)
         result = _audit_with_progress(options)
     except AuditError as err:
         print(f"gradcam-audit: error: {' '.join(str(err).split())}", file=sys.stderr)
@@ -232,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gradcam-audit: interrupted; no report was written", file=sys.stderr)
         return 1
+    if args.command == "validate":
+        _print_detection(result.meta["validation"])
     flagged = ", ".join(result.flagged_classes) or "none"
     print(f"audited {len(result.samples)} samples; likely shortcut classes: {flagged}")
     print(f"report: {result.report_dir / 'index.html'}")

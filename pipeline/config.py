@@ -34,6 +34,7 @@ class AuditConfig:
     out: str | None = None  # report directory; None means reports/<dataset>-<split>-<time>
     seed: int = 0
     epochs: int | None = None  # reference-model training epochs; None: 8, or 15 from 10,000 training images
+    train_limit: int | None = None  # reference models: train on at most this many images (a fixed random subset)
     train_size: int = 3000  # demo dataset only
     test_size: int = 1000  # demo dataset only
     gallery_size: int = 24
@@ -45,9 +46,10 @@ class AuditConfig:
     weights: str | None = None  # "imagenet": a pretrained MobileNetV2 reference model (needs network once)
     workers: int = 0  # N >= 1: run shards on a local Dask cluster of N worker processes
     dask_address: str | None = None  # run shards on an existing Dask cluster (tcp://host:port)
+    artifact: dict | None = None  # Artifact fields: plant it into a copy of the dataset (``gradcam-audit validate``)
 
     def __post_init__(self):
-        for name in ("batch_size", "shard_size", "epochs", "train_size", "test_size", "gallery_size"):
+        for name in ("batch_size", "shard_size", "epochs", "train_limit", "train_size", "test_size", "gallery_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise AuditError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.cross_fit == 1 or self.cross_fit < 0:

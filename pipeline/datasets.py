@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ import tensorflow as tf
 from PIL import Image
 
 from . import _decode, synthetic
+from .artifacts import Artifact
 from .errors import AuditError
 
 
@@ -34,7 +35,8 @@ class SourceSpec:
     seed: int = 0  # synthetic only, like the three below
     train_size: int = 3000
     test_size: int = 1000
-    planted_class: str = "triangle"
+    planted_class: str | None = "triangle"  # None: no mark (the clean set that ``validate`` plants into)
+    artifact: Artifact | None = None  # any kind: planted into a copy of the source (``gradcam-audit validate``)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -49,7 +51,7 @@ class Batch:
     sample_ids: np.ndarray  # (B,) str
     foreground: np.ndarray | None = None  # (B, H, W) bool where ``mask_kind`` is "true"
     mask_kind: np.ndarray | None = None  # (B,) "true" (a given mask) or "none"
-    planted: np.ndarray | None = None  # (B,) bool, synthetic sets: where the artifact was stamped
+    planted: np.ndarray | None = None  # (B,) bool, planted sources: where the artifact was stamped
     skipped: list[dict] = field(default_factory=list)  # samples of this batch's range that could not be decoded
 
 
@@ -109,7 +111,7 @@ class SyntheticSource(Source):
     def __init__(self, spec: SourceSpec):
         sizes = {"train": spec.train_size, "test": spec.test_size}
         split = spec.split or "test"
-        mark = synthetic.PlantedMark(spec.planted_class)
+        mark = synthetic.PlantedMark(spec.planted_class) if spec.planted_class else None
         # Distinct, seed-derived streams per split so train and test never share images.
         data = synthetic.make_split(sizes[split], seed=[spec.seed, ("train", "test").index(split)], planted=mark)
         self.spec, self.name, self.split = spec, "demo", split
@@ -119,9 +121,9 @@ class SyntheticSource(Source):
         self.fingerprint = _fingerprint(data.images, data.labels)
         self.skipped = []
         self.natural_size = data.images.shape[1:3]
-        target = synthetic.SHAPES.index(spec.planted_class)
-        self.planted = mark.as_dict() | {"marked_samples": int(data.marked.sum()),
-                                         "class_samples": int((data.labels == target).sum())}
+        self.planted = None if mark is None else mark.as_dict() | {
+            "marked_samples": int(data.marked.sum()),
+            "class_samples": int((data.labels == synthetic.SHAPES.index(spec.planted_class)).sum())}
 
     def batches(self, size, batch_size, start=0, stop=None):
         stop = len(self) if stop is None else min(stop, len(self))
@@ -184,7 +186,7 @@ class FolderSource(Source):
 
         self.spec, self.root, self.name, self.split = spec, root, root.name, split
         self.class_names = tuple(class_names)
-        paths, labels, fast, stats, self.skipped = [], [], [], [], []
+        paths, labels, fast, sizes, stats, self.skipped = [], [], [], set(), [], []
         for label, name in enumerate(self.class_names):
             folder = class_root / name
             if not folder.is_dir():
@@ -192,11 +194,13 @@ class FolderSource(Source):
             for path in sorted(p for p in folder.iterdir() if p.is_file() and _visible(p)):
                 rel = path.relative_to(root).as_posix()
                 try:
-                    fast.append(_decode.sniff(path))
+                    ordinary, shape = _decode.sniff(path)
                 except _decode.Unreadable as err:
                     self.skipped.append({"sample_id": rel, "reason": str(err)})
                     continue
                 stat = path.stat()
+                fast.append(ordinary)
+                sizes.add(shape)
                 paths.append(path)
                 labels.append(label)
                 stats.append((rel, label, stat.st_size, stat.st_mtime_ns))
@@ -206,6 +210,7 @@ class FolderSource(Source):
         self.labels = np.array(labels, dtype=np.int64)
         self.sample_ids = np.array([s[0] for s in stats])
         self.fingerprint = _fingerprint(self.class_names, stats)
+        self.natural_size = next(iter(sizes)) if len(sizes) == 1 else None
         self.masks = Path(spec.masks) if spec.masks else None
         if self.masks is not None and not self.masks.is_dir():
             raise AuditError(f"mask folder {spec.masks!r} does not exist")
@@ -383,6 +388,48 @@ class TfdsSource(Source):
         return [found[sid] for sid in sample_ids]
 
 
+# --- a copy of any source with a planted artifact ---------------------------------------------------------------
+
+
+class PlantedSource(Source):
+    """Another source with an :class:`~pipeline.artifacts.Artifact` blended into some of one class's images, in
+    every split, at every resolution (batches, training arrays and the report's originals alike).
+
+    Nothing is written to disk: the copy exists only as this view, and its fingerprint is the base source's plus the
+    artifact's parameters (so models trained on it are cached apart from the clean source's).
+    """
+
+    def __init__(self, base: Source, spec: SourceSpec):
+        artifact = spec.artifact
+        if artifact.class_name not in base.class_names:
+            raise AuditError(f"class {artifact.class_name!r} is not in the dataset; its classes are "
+                             f"{', '.join(base.class_names)}")
+        self.base, self.spec, self.artifact = base, spec, artifact
+        self.name, self.split, self.class_names = base.name, base.split, base.class_names
+        self.sample_ids, self.labels, self.skipped = base.sample_ids, base.labels, base.skipped
+        self.natural_size = base.natural_size
+        self.fingerprint = _fingerprint(base.fingerprint, artifact.as_dict())
+        target = base.class_names.index(artifact.class_name)
+        self.marked = artifact.carriers(base.sample_ids, base.labels == target)
+        self._index = {sid: i for i, sid in enumerate(base.sample_ids)}
+        self.planted = artifact.as_dict() | {"marked_samples": int(self.marked.sum()),
+                                             "class_samples": int((base.labels == target).sum())}
+
+    def _marked(self, sample_ids) -> np.ndarray:
+        return np.array([self.marked[self._index[sid]] for sid in sample_ids], dtype=bool)
+
+    def batches(self, size, batch_size, start=0, stop=None):
+        for batch in self.base.batches(size, batch_size, start, stop):
+            marked = self._marked(batch.sample_ids)
+            images = batch.images.copy()
+            images[marked] = self.artifact.apply(images[marked])
+            yield replace(batch, images=images, planted=marked)
+
+    def load(self, sample_ids):
+        return [self.artifact.apply(image[None])[0] if marked else image
+                for image, marked in zip(self.base.load(sample_ids), self._marked(sample_ids), strict=True)]
+
+
 def spec_for(dataset: str, **options) -> SourceSpec:
     """The spec of what a user typed: ``demo``, an existing folder, or a tfds name."""
     if dataset == "demo":
@@ -397,10 +444,14 @@ def spec_for(dataset: str, **options) -> SourceSpec:
 @functools.lru_cache(maxsize=4)
 def open_source(spec: SourceSpec) -> Source:
     """Open the source a spec describes; cached per process, since the shards of a run share it."""
+    if spec.artifact is not None:
+        # Into the demo set, the artifact is planted instead of the demo's own mark.
+        clean = replace(spec, artifact=None, planted_class=None if spec.kind == "synthetic" else spec.planted_class)
+        return PlantedSource(open_source(clean), spec)
     if spec.kind == "synthetic":
         if spec.split not in (None, "train", "test"):
             raise AuditError(f"the demo dataset has splits 'train' and 'test', not {spec.split!r}")
-        if spec.planted_class not in synthetic.SHAPES:
+        if spec.planted_class not in (*synthetic.SHAPES, None):
             raise AuditError(f"planted class {spec.planted_class!r} is not one of {', '.join(synthetic.SHAPES)}")
         return SyntheticSource(spec)
     if spec.kind == "folder":

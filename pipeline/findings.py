@@ -1,13 +1,24 @@
 """From the per-sample table to findings: shortcut classes with evidence, relabel candidates, per-sample flags.
 
-A class is a *likely shortcut* when its heatmaps sit in a region off the object (the border band, a corner) far more
-than the other classes' do: its mean focus ratio is at least ``min_focus_ratio`` times the median of the other
-classes' means, and a random sample of it is more focused there than a random sample of the other classes with
-probability (AUROC) at least ``min_auroc``. Both numbers go into the evidence sentence.
+A class is a *shortcut candidate* when its heatmaps sit in a region off the object (the border band, or one corner)
+far more than the other classes' do, for the whole class or for a sub-population of it:
+
+- whole class: its mean focus ratio is at least ``min_focus_ratio`` times the median of the other classes' means,
+  and a random sample of it is more focused there than a random sample of another class with probability (AUROC)
+  at least ``min_auroc``;
+- sub-population: at least ``min_tail_share`` of its samples are more focused there than the ``tail_quantile`` of
+  the other classes' samples (so 1 - ``tail_quantile`` would be expected by chance).
+
+A candidate is *flagged* only after the causal check (:mod:`pipeline.occlusion`): blanking the region must cost
+the class's confidence in its true label at least ``min_occlusion_drop`` more than it costs the other classes'.
+The class's ``shortcut_score`` is that tail share of its strongest statistic (range [0, 1]; about 0.05 by chance).
+Every number behind a flag goes into the class's evidence sentence. SpRAy clusters of each class's heatmaps
+(:mod:`pipeline.spray`) show sub-populations with a distinct strategy.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -17,8 +28,9 @@ from cleanlab.rank import get_label_quality_scores
 from scipy.stats import mannwhitneyu
 
 from . import heatmaps
+from .occlusion import OcclusionResult
 
-#: Statistics that can reveal a shortcut, and the region they measure, in the words of the evidence sentence.
+#: Statistics that can reveal a shortcut; each measures one region (the border band, the favoured corner).
 SHORTCUT_STATISTICS = ("border_focus", "corner_focus")
 STATISTIC_COLUMNS = ("border_focus", "corner_focus", "background_attention", "concentration")
 
@@ -29,7 +41,11 @@ class Thresholds:
 
     min_focus_ratio: float = 1.5  # class mean / median of the other classes' means
     min_auroc: float = 0.75  # P(a sample of the class is more focused than a sample of another class)
-    shortcut_sample_quantile: float = 0.9  # a sample "uses" the shortcut above this quantile of the other classes
+    tail_quantile: float = 0.95  # "more focused than other classes' images": above this quantile of theirs
+    min_tail_share: float = 0.25  # a sub-population: this share of the class above it (5x the 5% expected)
+    min_occlusion_drop: float = 0.05  # blanking the region: class's label-probability loss minus the others'
+    min_duplicate_similarity: float = 0.9  # near duplicate: cosine of centred penultimate-layer embeddings ...
+    min_pixel_correlation: float = 0.95  # ... and correlation of 16x16 RGB thumbnails
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -44,6 +60,12 @@ class AuditTables:
     cams: np.ndarray  # (N, h, w) raw predicted-class CAMs at the target layer's resolution, rows as in samples
     class_mean_cams: np.ndarray  # (C, h, w) mean normalised CAM per class
     meta: dict = field(default_factory=dict)
+    clusters: dict = field(default_factory=dict)  # class -> SpRAy clusters of its CAMs (pipeline.spray.Clusters)
+    duplicates: pd.DataFrame | None = None
+
+
+#: ``occlusion(k, region) -> OcclusionResult``: blanks ``region`` (H, W bool) in samples of class ``k`` and others.
+Occlusion = Callable[[int, np.ndarray], OcclusionResult]
 
 
 def build_tables(
@@ -53,21 +75,55 @@ def build_tables(
     class_names: tuple[str, ...],
     image_size: tuple[int, int],
     thresholds: Thresholds,
+    occlusion: Occlusion | None = None,
 ) -> AuditTables:
-    """All findings of an audit from its merged per-sample table, probabilities and CAMs."""
+    """All findings of an audit from its merged per-sample table, probabilities and CAMs.
+
+    ``occlusion`` runs the causal check of each candidate class; without it (unit tests, dry runs) candidates are
+    flagged on the statistics alone and their evidence says no causal check was made.
+    """
+    from .spray import spray  # scikit-learn is imported only when findings are computed
+
     scored = score_samples(samples.reset_index(drop=True), probs, class_names)
     classes = class_table(scored, class_names, image_size, thresholds)
+    for k in classes.loc[classes["candidate"], "class"]:
+        region_name, region = suspected_region(scored, classes, k, image_size)
+        if occlusion is None:
+            row = classes.index[classes["class"] == k][0]
+            classes.loc[row, "flagged"] = True
+            classes.loc[row, "evidence"] = classes.loc[row, "evidence"].replace(
+                "shortcut candidate:", "likely shortcut:", 1).rstrip(".") + "; no causal check was made."
+            continue
+        add_occlusion_evidence(classes, k, region_name, occlusion(k, region), thresholds)
+    labels = scored["label"].to_numpy()
+    mass, valid = heatmaps.to_mass(cams)
+    clusters, cluster_column = {}, np.full(len(scored), -1)
+    for k in range(len(class_names)):
+        mine = np.flatnonzero(labels == k)
+        if len(mine):
+            clusters[k] = spray(mass[mine])
+            cluster_column[mine] = clusters[k].labels
+    scored["cam_cluster"] = cluster_column
+    add_cluster_evidence(classes, clusters, image_size)
     scored["flags"] = flag_samples(scored, classes, thresholds)
-    means = class_mean_cams(cams, scored["label"].to_numpy(), len(class_names))
-    return AuditTables(scored, classes, cams, means)
+    scored["relabel_reason"] = relabel_reasons(scored)
+    means = class_mean_cams(cams, labels, len(class_names))
+    return AuditTables(scored, classes, cams, means, clusters=clusters)
 
 
-def _auroc(inside: np.ndarray, outside: np.ndarray) -> float:
+def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
     """P(X > Y) + P(X = Y) / 2 for X from ``inside``, Y from ``outside`` (the Mann-Whitney U statistic, scaled)."""
     inside, outside = inside[np.isfinite(inside)], outside[np.isfinite(outside)]
     if len(inside) == 0 or len(outside) == 0:
         return float("nan")
     return float(mannwhitneyu(inside, outside).statistic / (len(inside) * len(outside)))
+
+
+def ranked_classes(classes: pd.DataFrame) -> list[int]:
+    """Class indices as the report ranks them: flagged classes first, then by shortcut score (highest first)."""
+    order = classes.assign(_score=classes["shortcut_score"].fillna(-np.inf)).sort_values(
+        ["flagged", "_score"], ascending=False, kind="stable")
+    return order["class"].astype(int).tolist()
 
 
 def _percentile_rank(values: pd.Series) -> pd.Series:
@@ -78,8 +134,14 @@ def score_samples(samples: pd.DataFrame, probs: np.ndarray, class_names: tuple[s
     """Add ``shortcut_score``, ``relabel_score``, ``suggested_label``, ``is_label_issue`` and names to the table.
 
     ``shortcut_score`` is the larger of the sample's percentile ranks of border focus and corner focus within the
-    audited split (range (0, 1]; NaN for an empty CAM). ``relabel_score`` is one minus cleanlab's self-confidence
-    label quality, that is one minus the model's probability of the given label (range [0, 1]).
+    audited split (range (0, 1]; NaN for an empty CAM).
+
+    ``relabel_score`` combines confident learning with the Grad-CAM evidence:
+    ``(1 - q) * (0.5 + 0.5 * on_object)``, where ``q`` is cleanlab's self-confidence label quality (the model's
+    probability of the given label) and ``on_object = 1 - background_attention`` is the share of the predicted
+    class's heatmap on the object. A disagreement the model bases on the object itself is a likelier label error
+    than one it bases on the background or a border (a shortcut or context), which counts half. Range [0, 1].
+    ``suggested_label`` is the model's most probable class; ``is_label_issue`` is cleanlab's ``find_label_issues``.
     """
     out = samples.copy()
     names = np.asarray(class_names, dtype=object)
@@ -87,12 +149,62 @@ def score_samples(samples: pd.DataFrame, probs: np.ndarray, class_names: tuple[s
     out["pred_name"] = names[out["pred"].to_numpy()]
     out["shortcut_score"] = np.fmax(_percentile_rank(out["border_focus"]), _percentile_rank(out["corner_focus"]))
     labels = out["label"].to_numpy()
-    out["relabel_score"] = 1.0 - get_label_quality_scores(labels, probs, method="self_confidence")
+    quality = get_label_quality_scores(labels, probs, method="self_confidence")
+    on_object = (1.0 - out["background_attention"]).fillna(0.5).clip(0.0, 1.0).to_numpy()
+    out["relabel_score"] = (1.0 - quality) * (0.5 + 0.5 * on_object)
     out["suggested_label"] = names[probs.argmax(axis=1)]
     # n_jobs=1: cleanlab's worker pool loses its globals under the "spawn" start method (as in Prefect's served
     # flow runs: NameError 'pred_probs_by_class'), and on a few cores the pool gains little.
     out["is_label_issue"] = find_label_issues(labels, probs, n_jobs=1) if len(np.unique(labels)) > 1 else False
     return out
+
+
+def relabel_reasons(samples: pd.DataFrame) -> pd.Series:
+    """One sentence per sample whose suggested label differs from its label or that cleanlab flags; else ""."""
+    reasons = []
+    for row in samples.itertuples(index=False):
+        if row.suggested_label == row.label_name and not row.is_label_issue:
+            reasons.append("")
+            continue
+        on_object = 1.0 - row.background_attention
+        reason = (f"the model gives '{row.label_name}' {row.label_prob:.0%} and predicts '{row.pred_name}' "
+                  f"({row.confidence:.0%})")
+        if np.isfinite(on_object):
+            reason += f", with {on_object:.0%} of that heatmap on the object"
+            if on_object < 0.5:
+                reason += " (mostly off it: maybe context or a shortcut rather than a wrong label)"
+        if row.is_label_issue:
+            reason += "; confident learning (cleanlab) flags the label"
+        reasons.append(reason)
+    return pd.Series(reasons, index=samples.index, name="relabel_reason", dtype=object)
+
+
+def corner_column(corner: str) -> str:
+    """The samples-table column of one corner's focus ratio, e.g. ``corner_focus_top_left``."""
+    return "corner_focus_" + corner.replace("-", "_")
+
+
+def favoured_corner(samples: pd.DataFrame, k: int) -> str:
+    """The corner on which class ``k``'s heatmaps have the highest mean focus."""
+    mine = samples["label"] == k
+    means = np.array([samples.loc[mine, corner_column(c)].mean() for c in heatmaps.CORNERS])
+    return heatmaps.CORNERS[int(np.nanargmax(means))] if np.isfinite(means).any() else heatmaps.CORNERS[0]
+
+
+def _region_values(samples: pd.DataFrame, k: int, column: str) -> tuple[str | None, np.ndarray]:
+    """The per-sample focus on the region ``column`` measures for class ``k``: (None, border focus), or (its
+    favoured corner, every sample's focus on that corner)."""
+    if column == "border_focus":
+        return None, samples["border_focus"].to_numpy(dtype=float)
+    corner = favoured_corner(samples, k)
+    return corner, samples[corner_column(corner)].to_numpy(dtype=float)
+
+
+def _tail(values: np.ndarray, mine: np.ndarray, quantile: float) -> tuple[np.ndarray, float]:
+    """Samples of the class above the ``quantile`` of the other classes' values, and that cut-off."""
+    others = values[~mine & np.isfinite(values)]
+    cutoff = float(np.quantile(others, quantile)) if len(others) else np.inf
+    return mine & (values > cutoff), cutoff
 
 
 def class_table(
@@ -101,86 +213,88 @@ def class_table(
     image_size: tuple[int, int],
     thresholds: Thresholds = Thresholds(),
 ) -> pd.DataFrame:
-    """One row per class: counts, accuracy, the statistics' class means, shortcut evidence and the flag."""
+    """One row per class: counts, accuracy, the statistics' class means, the shortcut statistics of each region
+    (``*_ratio``, ``*_auroc``, ``*_tail_share``), ``candidate``, ``flagged`` (False until the causal check) and the
+    evidence sentence."""
     correct = samples["label"] == samples["pred"]
+    labels = samples["label"].to_numpy()
     rows = []
     for k, name in enumerate(class_names):
-        mine = samples["label"].to_numpy() == k
+        mine = labels == k
         row = {"class": k, "class_name": name, "samples": int(mine.sum()),
                "accuracy": float(correct[mine].mean()) if mine.any() else float("nan")}
         for column in STATISTIC_COLUMNS:
             row[column] = float(samples.loc[mine, column].mean()) if mine.any() else float("nan")
+        row["favoured_corner"] = favoured_corner(samples, k)
+        for column in SHORTCUT_STATISTICS:
+            _, values = _region_values(samples, k, column)
+            others = [np.nanmean(values[labels == j]) for j in range(len(class_names)) if j != k
+                      and (labels == j).any()]
+            tail, _ = _tail(values, mine, thresholds.tail_quantile)
+            finite = mine & np.isfinite(values)
+            row[f"{column}_ratio"] = (np.nanmean(values[mine]) / np.median(others)
+                                      if others and np.median(others) > 0 and finite.any() else np.nan)
+            row[f"{column}_auroc"] = auroc(values[mine], values[~mine])
+            row[f"{column}_tail_share"] = tail.sum() / finite.sum() if finite.any() else np.nan
         rows.append(row)
     table = pd.DataFrame(rows)
 
-    labels = samples["label"].to_numpy()
-    for column in SHORTCUT_STATISTICS:
-        ratios, aurocs = [], []
-        for k in table["class"]:
-            mine = labels == k
-            others = table.loc[table["class"] != k, column].median()
-            ratios.append(table.loc[k, column] / others if others > 0 else np.nan)
-            aurocs.append(_auroc(samples.loc[mine, column].to_numpy(), samples.loc[~mine, column].to_numpy()))
-        table[f"{column}_ratio"] = ratios
-        table[f"{column}_auroc"] = aurocs
-
-    # A statistic passes when both its ratio and its AUROC clear their thresholds; a class is flagged when one does.
-    # Its shortcut score is the AUROC of its strongest passing statistic (or of its strongest statistic at all).
-    ratios = table[[f"{c}_ratio" for c in SHORTCUT_STATISTICS]].to_numpy()
-    aurocs = table[[f"{c}_auroc" for c in SHORTCUT_STATISTICS]].to_numpy()
-    passes = (ratios >= thresholds.min_focus_ratio) & (aurocs >= thresholds.min_auroc)
-    ranked = np.where(np.isnan(aurocs), -np.inf, aurocs) + 2.0 * passes
-    strongest = ranked.argmax(axis=1)
+    ratios = table[[f"{c}_ratio" for c in SHORTCUT_STATISTICS]].to_numpy(dtype=float)
+    aurocs = table[[f"{c}_auroc" for c in SHORTCUT_STATISTICS]].to_numpy(dtype=float)
+    tails = table[[f"{c}_tail_share" for c in SHORTCUT_STATISTICS]].to_numpy(dtype=float)
+    with np.errstate(invalid="ignore"):
+        passes = ((ratios >= thresholds.min_focus_ratio) & (aurocs >= thresholds.min_auroc)) | (
+            tails >= thresholds.min_tail_share)
+    # The strongest statistic: a passing one first, then the larger tail share.
+    strongest = (np.where(np.isnan(tails), -1.0, tails) + 2.0 * passes).argmax(axis=1)
     table["shortcut_statistic"] = np.asarray(SHORTCUT_STATISTICS)[strongest]
-    table["shortcut_score"] = aurocs[np.arange(len(table)), strongest]
-    flagged = passes.any(axis=1).tolist()
-    evidence = [
-        _evidence(samples, table, k, column, image_size, hit) if table.loc[k, "samples"] else ""
-        for k, column, hit in zip(table["class"], table["shortcut_statistic"], flagged, strict=True)
+    table["shortcut_score"] = tails[np.arange(len(table)), strongest]
+    table["candidate"] = passes.any(axis=1)
+    table["flagged"] = False
+    table["evidence"] = [
+        _evidence(samples, table, k, column, image_size, thresholds) if table.loc[k, "samples"] else ""
+        for k, column in zip(table["class"], table["shortcut_statistic"], strict=True)
     ]
-    table["flagged"] = flagged
-    table["evidence"] = evidence
     return table
 
 
 def _evidence(samples: pd.DataFrame, table: pd.DataFrame, k: int, column: str, image_size: tuple[int, int],
-              flagged: bool) -> str:
-    """A sentence with the numbers behind a class's shortcut score."""
+              thresholds: Thresholds) -> str:
+    """The sentence with the numbers behind a class's shortcut statistic (the causal check is appended later)."""
     name = table.loc[k, "class_name"]
-    others = table.loc[table["class"] != k, column].median()
-    corner, mask = _region(samples, k, column, image_size)
-    share = mask.mean()
+    labels = samples["label"].to_numpy()
+    mine = labels == k
+    corner, values = _region_values(samples, k, column)
+    share = _region(samples, k, column, image_size)[1].mean()
     if corner is None:
         width = int(round(heatmaps.BORDER_FRACTION * min(image_size)))
         region = f"the {width}-px border band ({share:.0%} of the image)"
     else:
         region = f"the {corner} corner ({share:.0%} of the image)"
-    mass, other_mass = table.loc[k, column] * share, others * share
-    auroc = table.loc[k, f"{column}_auroc"]
-    verdict = "likely shortcut" if flagged else "no shortcut signal"
+    tail, _ = _tail(values, mine, thresholds.tail_quantile)
+    quantile = thresholds.tail_quantile
+    others_mass = np.nanmean(values[~mine]) * share
     sentence = (
-        f"{verdict}: '{name}' images put {mass:.0%} of their heatmap in {region}, other classes {other_mass:.0%} "
-        f"({_comparison(table, k, column)}); a '{name}' image is more focused there than another class's image "
-        f"{auroc:.0%} of the time"
+        f"{'shortcut candidate' if table.loc[k, 'candidate'] else 'no shortcut signal'}: "
+        f"{table.loc[k, f'{column}_tail_share']:.0%} of '{name}' images are more focused on {region} than "
+        f"{quantile:.0%} of other classes' images ({1 - quantile:.0%} expected)"
     )
-    if column != "border_focus":
-        sentence += f"; {_comparison(table, k, 'border_focus')}"
-    return sentence + "."
-
-
-def _comparison(table: pd.DataFrame, k: int, column: str) -> str:
-    """'border focus 0.69 vs 0.33, 2.1x': a class's mean against the median of the other classes' means."""
-    others = table.loc[table["class"] != k, column].median()
-    ratio = table.loc[k, f"{column}_ratio"]
-    return f"{column.replace('_', ' ')} {table.loc[k, column]:.2f} vs {others:.2f}, {ratio:.1f}x"
+    if tail.any():
+        sentence += (f"; those put {np.nanmean(values[tail]) * share:.0%} of their heatmap there, other classes' "
+                     f"images {others_mass:.0%} on average")
+    statistic = "corner focus" if corner else "border focus"
+    return sentence + (
+        f"; over the whole class, {statistic} {np.nanmean(values[mine]):.2f}, {table.loc[k, f'{column}_ratio']:.1f}x "
+        f"the other classes' median, AUROC {table.loc[k, f'{column}_auroc']:.2f}."
+    )
 
 
 def flag_samples(samples: pd.DataFrame, classes: pd.DataFrame, thresholds: Thresholds = Thresholds()) -> pd.Series:
     """The ``flags`` column: a ``;``-separated list of what stands out about each sample.
 
     ``empty_cam`` (no positive evidence, statistics NaN), ``misclassified``, ``label_issue`` (cleanlab), and
-    ``uses_shortcut``: the sample's class is flagged and its value of the class's shortcut statistic is above the
-    ``shortcut_sample_quantile`` of the other classes' samples.
+    ``uses_shortcut``: the sample's class is flagged and its focus on the class's suspected region is above the
+    ``tail_quantile`` of the other classes' samples (it belongs to the tail that makes the class's shortcut score).
     """
     flags = [[] for _ in range(len(samples))]
     labels = samples["label"].to_numpy()
@@ -191,44 +305,91 @@ def flag_samples(samples: pd.DataFrame, classes: pd.DataFrame, thresholds: Thres
     for i in np.flatnonzero(samples["is_label_issue"].to_numpy()):
         flags[i].append("label_issue")
     for _, row in classes[classes["flagged"]].iterrows():
-        column, k = row["shortcut_statistic"], row["class"]
-        cutoff = samples.loc[labels != k, column].quantile(thresholds.shortcut_sample_quantile)
-        for i in np.flatnonzero((labels == k) & (samples[column].to_numpy() > cutoff)):
+        _, values = _region_values(samples, row["class"], row["shortcut_statistic"])
+        tail, _ = _tail(values, labels == row["class"], thresholds.tail_quantile)
+        for i in np.flatnonzero(tail):
             flags[i].append("uses_shortcut")
     return pd.Series([";".join(f) for f in flags], index=samples.index, name="flags")
 
 
 def _region(samples: pd.DataFrame, k: int, column: str, size: tuple[int, int]) -> tuple[str | None, np.ndarray]:
-    """Where ``column`` looks for class ``k``: (None, the border band) or (corner name, the corner its samples
-    favour most often), the mask boolean (H, W)."""
+    """Where ``column`` looks for class ``k``: (None, the border band) or (its favoured corner, that corner's
+    square), the mask boolean (H, W)."""
     if column == "border_focus":
         return None, heatmaps.border_band(*size)
-    corners = samples.loc[(samples["label"] == k) & (samples["focus_corner"] != ""), "focus_corner"].mode()
-    corner = corners.iloc[0] if len(corners) else heatmaps.CORNERS[0]
+    corner = favoured_corner(samples, k)
     return corner, heatmaps.corner_regions(*size)[heatmaps.CORNERS.index(corner)]
 
 
 def suspected_region(samples: pd.DataFrame, classes: pd.DataFrame, k: int,
                      size: tuple[int, int]) -> tuple[str, np.ndarray]:
     """The region class ``k``'s shortcut statistic points at, as a name and a boolean (H, W) mask: the border band,
-    or the corner its samples favour most often."""
+    or the corner its heatmaps favour."""
     column = classes.loc[classes["class"] == k, "shortcut_statistic"].iloc[0]
     corner, mask = _region(samples, k, column, size)
     return ("the border band" if corner is None else f"the {corner} corner"), mask
 
 
-def add_occlusion_evidence(classes: pd.DataFrame, k: int, region: str, class_before: float, class_after: float,
-                           others_before: float, others_after: float) -> None:
-    """Record the occlusion check of class ``k`` in ``classes`` (in place) and append it to its evidence sentence."""
+def add_occlusion_evidence(classes: pd.DataFrame, k: int, region: str, result: OcclusionResult,
+                           thresholds: Thresholds = Thresholds()) -> None:
+    """Record the causal check of candidate class ``k`` in ``classes`` (in place): the figures, the flag (when the
+    excess drop of true-label confidence reaches ``min_occlusion_drop``) and a clause of the evidence sentence."""
     row = classes.index[classes["class"] == k][0]
-    classes.loc[row, ["occluded_accuracy_before", "occluded_accuracy_after", "others_accuracy_before",
-                      "others_accuracy_after"]] = [class_before, class_after, others_before, others_after]
+    figures = {"occluded_accuracy_before": result.class_before, "occluded_accuracy_after": result.class_after,
+               "others_accuracy_before": result.others_before, "others_accuracy_after": result.others_after,
+               "occluded_confidence_before": result.class_confidence_before,
+               "occluded_confidence_after": result.class_confidence_after,
+               "others_confidence_before": result.others_confidence_before,
+               "others_confidence_after": result.others_confidence_after,
+               "occlusion_excess_drop": result.excess_confidence_drop}
+    for column, value in figures.items():
+        classes.loc[row, column] = value
+    confirmed = bool(result.excess_confidence_drop >= thresholds.min_occlusion_drop)
+    classes.loc[row, "flagged"] = confirmed
     name = classes.loc[row, "class_name"]
-    classes.loc[row, "evidence"] = (
-        classes.loc[row, "evidence"].rstrip(".")
-        + f"; blanking {region} changes '{name}' accuracy from {class_before:.0%} to {class_after:.0%} "
-        f"(other classes: {others_before:.0%} to {others_after:.0%})."
+    sentence = classes.loc[row, "evidence"].rstrip(".")
+    if confirmed:
+        sentence = sentence.replace("shortcut candidate:", "likely shortcut:", 1)
+    else:
+        sentence = sentence.replace("shortcut candidate:", "shortcut candidate, not confirmed:", 1)
+    sentence += (
+        f"; blanking {region} changes '{name}' accuracy from {result.class_before:.0%} to {result.class_after:.0%}"
+        f" and its confidence in the true label from {result.class_confidence_before:.2f} to "
+        f"{result.class_confidence_after:.2f} (other classes: {result.others_before:.0%} to "
+        f"{result.others_after:.0%}, {result.others_confidence_before:.2f} to {result.others_confidence_after:.2f})"
     )
+    if not confirmed:
+        sentence += (f", an excess drop of {result.excess_confidence_drop:.2f} < {thresholds.min_occlusion_drop:.2f}"
+                     ": the model does not depend on it, so the class is not flagged")
+    classes.loc[row, "evidence"] = sentence + "."
+
+
+def add_cluster_evidence(classes: pd.DataFrame, clusters: dict, image_size: tuple[int, int]) -> None:
+    """For each flagged class, name the SpRAy cluster whose mean heatmap is most focused on the suspected region
+    (columns ``spray_clusters``, ``shortcut_cluster``, ``shortcut_cluster_share``, ``shortcut_cluster_focus``)."""
+    classes["spray_clusters"] = [clusters[k].count if k in clusters else 0 for k in classes["class"]]
+    classes["shortcut_cluster"] = -1
+    classes["shortcut_cluster_share"] = np.nan
+    classes["shortcut_cluster_focus"] = np.nan
+    for row in classes.index[classes["flagged"]]:
+        k = classes.loc[row, "class"]
+        found = clusters.get(k)
+        if found is None or found.count < 2:
+            continue
+        column = classes.loc[row, "shortcut_statistic"]
+        corner = None if column == "border_focus" else classes.loc[row, "favoured_corner"]
+        h, w = found.mean_maps.shape[1:]
+        region = heatmaps.border_band(h, w) if corner is None else \
+            heatmaps.corner_regions(h, w)[heatmaps.CORNERS.index(corner)]
+        focus = heatmaps.region_focus(found.mean_maps, region)
+        best = int(np.nanargmax(focus))
+        share = float((found.labels == best).sum() / max((found.labels >= 0).sum(), 1))
+        classes.loc[row, ["shortcut_cluster", "shortcut_cluster_share", "shortcut_cluster_focus"]] = \
+            [best, share, float(focus[best])]
+        classes.loc[row, "evidence"] = classes.loc[row, "evidence"].rstrip(".") + (
+            f"; SpRAy splits the class's heatmaps into {found.count} clusters, and the one of {share:.0%} of its "
+            f"images has {focus[best]:.1f}x the even share of heatmap there."
+        )
 
 
 def class_mean_cams(cams: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -18,6 +18,8 @@ from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     create_link_artifact,
@@ -29,7 +31,9 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
-from . import findings, models, occlusion, report, samples
+from . import duplicates, findings, models, occlusion, report, samples, validation
+from ._hashing import sample_hash
+from .artifacts import Artifact
 from .config import AuditConfig, AuditResult
 from .datasets import Source, SourceSpec, SyntheticSource, TfdsSource, open_source, spec_for
 from .errors import AuditError
@@ -55,6 +59,8 @@ def source_spec(config: AuditConfig, split: str | None = None) -> SourceSpec:
         options["data_dir"] = config.data_dir
     if config.masks:
         options["masks"] = config.masks
+    if config.artifact:
+        options["artifact"] = Artifact(**config.artifact)
     return spec_for(config.dataset, **options)
 
 
@@ -137,6 +143,12 @@ def prepare_model(config: AuditConfig) -> dict:
         logger.info("training reference model(s) on %s/%s at %dx%d", train.name, train.split, *size)
         images, labels, ids = train.arrays(size)
         key = f"{train.fingerprint}-{size}"
+        if config.train_limit and len(labels) > config.train_limit:
+            # A fixed pseudo-random subset (by a hash of the seed and the sample id), about stratified by class.
+            keep = np.sort(np.argsort(sample_hash(ids, f"train-subset:{config.seed}"))[:config.train_limit])
+            images, labels, ids = images[keep], labels[keep], ids[keep]
+            key += f"-limit{config.train_limit}"
+            logger.info("training on a random subset of %d of the split's images (--train-limit)", len(labels))
         if config.cross_fit:
             folds = models.cross_fit_folds(ids, config.cross_fit, config.seed)
             runs = [_train(config, images[folds != k], labels[folds != k], train.class_names,
@@ -165,7 +177,7 @@ def _shard_cache_key(context, parameters: dict) -> str:
     key = {"dataset": parameters["dataset_fingerprint"], "model": parameters["model_fingerprint"],
            "start": parameters["start"], "stop": parameters["stop"], "layer": config.layer, "method": config.method,
            "preprocess": _preprocess_name(config), "masks": config.masks, "fold_seed": config.seed,
-           "version": _version("gradcam-audit")}
+           "version": _version("gradcam-audit"), "table_version": samples.TABLE_VERSION}
     return "gradcam-audit-shard-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -190,36 +202,58 @@ def audit_shard(spec: SourceSpec, model_paths: list[str], config: AuditConfig, s
 
 
 @task(cache_policy=NO_CACHE)
-def find(spec: SourceSpec, shards: list[samples.ShardResult], image_size: tuple[int, int],
-         thresholds: findings.Thresholds) -> tuple[findings.AuditTables, list[dict]]:
-    """Merge the shards and compute the findings; also returns the inputs skipped while decoding."""
-    merged = samples.merge(shards)
-    if merged.table.empty:
-        raise AuditError("no sample of the split could be decoded; see the skipped inputs")
-    tables = findings.build_tables(merged.table, merged.probs, merged.cams, open_source(spec).class_names,
-                                   image_size, thresholds)
-    return tables, merged.skipped
-
-
-@task(cache_policy=NO_CACHE)
-def check_occlusion(spec: SourceSpec, model_paths: list[str], config: AuditConfig, tables: findings.AuditTables,
-                    size: tuple[int, int]) -> findings.AuditTables:
-    """The causal check of every flagged class: blank the region its heatmaps favour, measure the accuracy drop."""
+def find(spec: SourceSpec, model_paths: list[str], config: AuditConfig, merged: samples.ShardResult,
+         image_size: tuple[int, int], thresholds: findings.Thresholds) -> findings.AuditTables:
+    """The findings, with the causal (occlusion) check of every shortcut candidate."""
+    source = open_source(spec)
     explainer = _explainer(model_paths[0], config.layer, config.method, _preprocess_name(config),
                            config.unsafe_model)
-    samples_table, classes = tables.samples, tables.classes
-    for k in classes.loc[classes["flagged"], "class"]:
-        region_name, region = findings.suspected_region(samples_table, classes, k, size)
-        result = occlusion.occlusion_check(explainer, open_source(spec), samples_table["label"].to_numpy(),
-                                           samples_table["sample_id"].to_numpy(), k, region, seed=config.seed)
-        findings.add_occlusion_evidence(classes, k, region_name, result.class_before, result.class_after,
-                                        result.others_before, result.others_after)
-    return tables
+    table = merged.table
+
+    def occlude(k: int, region) -> occlusion.OcclusionResult:
+        return occlusion.occlusion_check(explainer, source, table["label"].to_numpy(),
+                                         table["sample_id"].to_numpy(), k, region, seed=config.seed)
+
+    return findings.build_tables(table, merged.probs, merged.cams, source.class_names, image_size, thresholds,
+                                 occlusion=occlude)
 
 
 @task(cache_policy=NO_CACHE)
-def write_report(out: Path, spec: SourceSpec, tables: findings.AuditTables, gallery_size: int) -> Path:
-    return report.write_report(out, open_source(spec), tables, gallery_size)
+def find_duplicates(spec: SourceSpec, model_paths: list[str], config: AuditConfig, merged: samples.ShardResult,
+                    image_size: tuple[int, int], thresholds: findings.Thresholds):
+    """Exact and near duplicates within the audited split and, when the training split is another one, between the
+    two (leakage). Embeddings come from one model (the first fold's when cross-fitting), so they are comparable."""
+    logger = get_run_logger()
+    audited = open_source(spec)
+    explainer = _explainer(model_paths[0], config.layer, config.method, _preprocess_name(config),
+                           config.unsafe_model)
+    if len(model_paths) == 1:
+        ids, embeddings, digests, signatures = (merged.table["sample_id"].to_numpy(), merged.embeddings,
+                                                merged.digests, merged.signatures)
+    else:
+        ids, embeddings, digests, signatures = samples.embed(audited, explainer, image_size, config.batch_size)
+    options = {"min_similarity": thresholds.min_duplicate_similarity,
+               "min_pixel_correlation": thresholds.min_pixel_correlation}
+    found = [duplicates.find_duplicates(ids, audited.split, embeddings, digests, signatures_a=signatures, **options)]
+    train_split = training_split(audited)
+    if train_split != audited.split:
+        train = open_source(source_spec(config, split=train_split))
+        logger.info("looking for duplicates of the %d audited samples among the %d of %s/%s", len(ids), len(train),
+                    train.name, train.split)
+        train_ids, train_embeddings, train_digests, train_signatures = samples.embed(train, explainer, image_size,
+                                                                                    config.batch_size)
+        found.append(duplicates.find_duplicates(
+            ids, audited.split, embeddings, digests, train_ids, train.split, train_embeddings, train_digests,
+            signatures_a=signatures, signatures_b=train_signatures, **options))
+    return pd.concat(found, ignore_index=True)
+
+
+@task(cache_policy=NO_CACHE)
+def write_report(out: Path, config: AuditConfig, tables: findings.AuditTables) -> Path:
+    source = open_source(source_spec(config))
+    train_split = training_split(source)
+    other = open_source(source_spec(config, split=train_split)) if train_split != source.split else None
+    return report.write_report(out, source, tables, config.gallery_size, other)
 
 
 def task_runner(config: AuditConfig):
@@ -276,6 +310,8 @@ def audit_flow(
     weights: str | None = None,
     workers: int = 0,
     dask_address: str | None = None,
+    train_limit: int | None = None,
+    artifact: dict | None = None,
 ) -> AuditResult:
     """Audit every sample of one split with Grad-CAM and write the report; parameters mirror the CLI's options.
 
@@ -321,10 +357,18 @@ def audit_flow(
 
     tick = time.perf_counter()
     thresholds = findings.Thresholds()
-    tables, decode_skipped = find(spec, shards, tuple(model_info["input_size"]), thresholds)
-    if tables.classes["flagged"].any():
-        tables = check_occlusion(spec, model_info["paths"], config, tables, tuple(model_info["input_size"]))
+    merged = samples.merge(shards)
+    if merged.table.empty:
+        raise AuditError("no sample of the split could be decoded; see the skipped inputs")
+    decode_skipped = merged.skipped
+    size = tuple(model_info["input_size"])
+    tables = find(spec, model_info["paths"], config, merged, size, thresholds)
+    tables.duplicates = find_duplicates(spec, model_info["paths"], config, merged, size, thresholds)
     timings["findings_s"] = time.perf_counter() - tick
+    detection = None
+    if source.planted is not None:
+        detection = validation.detection_figures(tables.samples, tables.classes, tables.cams,
+                                                 tuple(model_info["input_size"]), source.planted["class_name"])
 
     warnings = []
     if config.model is not None and source.split == "train":
@@ -345,8 +389,11 @@ def audit_flow(
         "model": model_info,
         "results": {"samples": len(tables.samples),
                     "accuracy": float((tables.samples["label"] == tables.samples["pred"]).mean()),
-                    "flagged_classes": tables.classes.loc[tables.classes["flagged"], "class_name"].tolist()},
+                    "flagged_classes": tables.classes.loc[tables.classes["flagged"], "class_name"].tolist(),
+                    "duplicates": tables.duplicates.groupby(["kind", "split_a", "split_b"]).size()
+                    .reset_index(name="pairs").to_dict(orient="records")},
         "thresholds": thresholds.as_dict(),
+        "validation": detection,
         "skipped": skipped,
         "warnings": warnings,
         "versions": {"python": platform.python_version(), **{name: _version(name) for name in PACKAGES}},
@@ -354,7 +401,7 @@ def audit_flow(
     }
     # Everything up to writing the report itself, which records this figure.
     timings["total_s"] = time.perf_counter() - started
-    report_dir = write_report(out_dir, spec, tables, config.gallery_size)
+    report_dir = write_report(out_dir, config, tables)
 
     flagged = tables.meta["results"]["flagged_classes"]
     create_link_artifact(key="audit-report", link=report_dir.resolve().as_uri(), link_text="Grad-CAM audit report")

@@ -52,6 +52,7 @@ class CamBatch:
     pred: np.ndarray  # (B,) predicted class
     cam_pred: np.ndarray  # (B, h, w) CAM of the predicted class
     cam_label: np.ndarray  # (B, h, w) CAM of the given label (equal to cam_pred where pred == label)
+    embedding: np.ndarray  # (B, D) penultimate-layer activations (the input of the last Dense layer)
 
 
 def _walk(model: keras.Model):
@@ -145,31 +146,31 @@ class _ScoreHead:
 
 
 def _expose(model: keras.Model, target: keras.layers.Layer, inputs: keras.KerasTensor) -> tuple:
-    """Re-run ``model`` on ``inputs`` symbolically and return (target activations, model outputs).
+    """Re-run ``model`` on ``inputs`` symbolically and return (target activations, list of the model's outputs).
 
     Where the target sits inside a nested model (a ``keras.applications`` backbone in a wrapper), that nested model
     is replaced by an exposed copy of itself that also returns the target's activations; the layers and weights
     are the same objects, so nothing is copied.
     """
     if any(layer is target for layer in model.layers):
-        exposed = keras.Model(model.inputs[0], [target.output, model.outputs[0]])
-        return exposed(inputs)
+        acts, *outputs = keras.Model(model.inputs[0], [target.output, *model.outputs])(inputs)
+        return acts, outputs
     child = next(layer for layer in model.layers if isinstance(layer, keras.Model)
                  and any(inner is target for inner in _walk(layer)))
     captured = []
 
     def through_child(*args, **kwargs):
-        acts, out = _expose(child, target, args[0])
+        acts, outputs = _expose(child, target, args[0])
         captured.append(acts)
-        return out
+        return outputs[0] if len(outputs) == 1 else outputs
 
     if isinstance(model, keras.Sequential):
         x = inputs
         for layer in model.layers:
             x = through_child(x) if layer is child else layer(x)
-        return captured[0], x
+        return captured[0], [x]
     outputs = model._run_through_graph(inputs, operation_fn=lambda op: through_child if op is child else op)
-    return captured[0], outputs[0] if isinstance(outputs, list | tuple) else outputs
+    return captured[0], list(outputs) if isinstance(outputs, list | tuple) else [outputs]
 
 
 class GradCAM:
@@ -199,13 +200,18 @@ class GradCAM:
         self.model = model
         self.layer = find_target_layer(model, layer)
         self._head = _ScoreHead(model)
-        features_model = keras.Model(model.inputs[0], self._head.features)
+        # The embedding (for near-duplicate search) is the penultimate layer: the input of the last Dense layer.
+        dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+        embedding = dense[-1].input if dense else None
+        features_model = keras.Model(model.inputs[0], [self._head.features] + ([embedding] if dense else []))
         inputs = keras.Input(shape=model.inputs[0].shape[1:], dtype=model.inputs[0].dtype)
-        self._model = keras.Model(inputs, list(_expose(features_model, self.layer, inputs)))
+        acts, outputs = _expose(features_model, self.layer, inputs)
+        self._model = keras.Model(inputs, [acts, *outputs])
         self._weights = METHODS[method]
         self._preprocess = preprocess or (lambda x: x)
         self.method = method
         self._compiled = tf.function(self._explain, reduce_retracing=True)
+        self._compiled_embed = tf.function(self._embed, reduce_retracing=True)
 
     def image_size(self, natural: tuple[int, int] | None = None) -> tuple[int, int]:
         """(H, W) at which images enter the model: its fixed input size, else ``natural``, else 224 x 224."""
@@ -214,9 +220,16 @@ class GradCAM:
             return int(height), int(width)
         return tuple(natural) if natural else (224, 224)
 
+    def _forward(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """(target activations, pre-activation features, embedding) of a batch; without a Dense layer the
+        embedding is the target activations averaged over the positions."""
+        acts, features, *embedding = self._model(self._preprocess(images), training=False)
+        embedding = embedding[0] if embedding else tf.reduce_mean(acts, axis=(1, 2))
+        return acts, features, tf.reshape(embedding, (tf.shape(images)[0], -1))
+
     def _explain(self, images: tf.Tensor, labels: tf.Tensor):
         with tf.GradientTape(persistent=True) as tape:
-            acts, features = self._model(self._preprocess(images), training=False)
+            acts, features, embedding = self._forward(images)
             scores, probs = self._head(features)
             pred = tf.argmax(scores, axis=-1, output_type=tf.int32)
             # Samples are independent, so the gradient of the batch sum is each sample's own gradient.
@@ -227,14 +240,22 @@ class GradCAM:
         del tape
         cam_pred = tf.nn.relu(tf.reduce_sum(self._weights(acts, grads_pred) * acts, axis=-1))
         cam_label = tf.nn.relu(tf.reduce_sum(self._weights(acts, grads_label) * acts, axis=-1))
-        return probs, pred, cam_pred, cam_label
+        return probs, pred, cam_pred, cam_label, embedding
+
+    def _embed(self, images: tf.Tensor) -> tf.Tensor:
+        return self._forward(images)[2]
 
     def explain(self, images: np.ndarray, labels: np.ndarray) -> CamBatch:
-        """Probabilities, predictions and CAMs for a batch of images (B, H, W, C) with their given labels (B,)."""
-        probs, pred, cam_pred, cam_label = self._compiled(
+        """Probabilities, predictions, CAMs and embeddings of a batch of images (B, H, W, C) with their given labels
+        (B,)."""
+        outputs = self._compiled(
             tf.convert_to_tensor(images, dtype=tf.float32), tf.convert_to_tensor(labels, dtype=tf.int32)
         )
-        return CamBatch(probs.numpy(), pred.numpy(), cam_pred.numpy(), cam_label.numpy())
+        return CamBatch(*(output.numpy() for output in outputs))
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """Penultimate-layer embeddings (B, D) of a batch, forward pass only (for the splits not audited)."""
+        return self._compiled_embed(tf.convert_to_tensor(images, dtype=tf.float32)).numpy()
 
 
 def upsample(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -73,6 +73,15 @@ def border_focus(mass: np.ndarray, fraction: float = BORDER_FRACTION) -> np.ndar
     return region_focus(mass, border_band(*mass.shape[1:], fraction))
 
 
+def corner_focus_each(mass: np.ndarray, fraction: float = CORNER_FRACTION) -> np.ndarray:
+    """Focus ratio of each corner square, (N, 4) in :data:`CORNERS` order (see :func:`region_focus`).
+
+    ``focus_c = sum(mass[corner_c]) / share_c``; range [0, 1 / fraction**2] (16 by default).
+    """
+    regions = corner_regions(*mass.shape[1:], fraction)
+    return np.einsum("nhw,chw->nc", mass, regions.astype(mass.dtype)) / regions.mean(axis=(1, 2))
+
+
 def corner_focus(mass: np.ndarray, fraction: float = CORNER_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """Corner focus: the largest of the four corners' focus ratios, and which corner it is.
 
@@ -83,10 +92,19 @@ def corner_focus(mass: np.ndarray, fraction: float = CORNER_FRACTION) -> tuple[n
     focus : float (N,)
     corner : int (N,), an index into :data:`CORNERS`.
     """
-    regions = corner_regions(*mass.shape[1:], fraction)
-    per_corner = np.einsum("nhw,chw->nc", mass, regions.astype(mass.dtype)) / regions.mean(axis=(1, 2))
+    per_corner = corner_focus_each(mass, fraction)
     corner = np.nanargmax(np.where(np.isnan(per_corner), -np.inf, per_corner), axis=1)
     return per_corner.max(axis=1), corner
+
+
+def peak(mass: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Peak location (row, column) of each map: the pixel of largest mass (the first in row-major order on ties),
+    as fractions of the height and width at pixel centres; range (0, 1), NaN for an invalid map."""
+    n, h, w = mass.shape
+    flat = np.where(np.isnan(mass), -np.inf, mass).reshape(n, -1).argmax(axis=1)
+    valid = np.isfinite(mass).all(axis=(1, 2))
+    rows, cols = np.divmod(flat, w)
+    return np.where(valid, (rows + 0.5) / h, np.nan), np.where(valid, (cols + 0.5) / w, np.nan)
 
 
 def background_attention(mass: np.ndarray, foreground: np.ndarray) -> np.ndarray:
@@ -117,14 +135,19 @@ def centre_of_mass(mass: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def summarise(mass: np.ndarray, foreground: np.ndarray) -> dict[str, np.ndarray]:
     """All per-sample statistics of a batch, as columns for the samples table."""
+    each = corner_focus_each(mass)
     corner, which = corner_focus(mass)
     com_row, com_col = centre_of_mass(mass)
+    peak_row, peak_col = peak(mass)
     return {
         "border_focus": border_focus(mass),
         "corner_focus": corner,
         "focus_corner": np.where(np.isnan(corner), "", np.asarray(CORNERS)[which]),
+        **{"corner_focus_" + name.replace("-", "_"): each[:, c] for c, name in enumerate(CORNERS)},
         "background_attention": background_attention(mass, foreground),
         "concentration": concentration(mass),
         "com_row": com_row,
         "com_col": com_col,
+        "peak_row": peak_row,
+        "peak_col": peak_col,
     }

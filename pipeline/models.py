@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ._hashing import sample_hash
 from .config import PREPROCESSING
 from .errors import AuditError
 
@@ -70,8 +71,7 @@ def build_reference_cnn(input_shape: tuple[int, int, int], num_classes: int, wid
 def cross_fit_folds(sample_ids: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     """The fold (0 .. k-1) of each sample: a hash of the seed and its id, so a sample keeps its fold across runs,
     shards and processes without any stored assignment. Folds come out balanced to within sampling noise."""
-    return np.array([int.from_bytes(hashlib.sha256(f"{seed}:{sid}".encode()).digest()[:8], "little") % k
-                     for sid in sample_ids], dtype=np.int64)
+    return (sample_hash(sample_ids, str(seed)) % np.uint64(k)).astype(np.int64)
 
 
 def build_transfer_model(input_size: tuple[int, int], num_classes: int, weights: str | None) -> keras.Model:

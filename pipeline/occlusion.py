@@ -19,16 +19,26 @@ from .gradcam import GradCAM
 class OcclusionResult:
     """Accuracy of one class's samples and of the other classes' samples, before and after blanking the region."""
 
-    class_before: float
+    class_before: float  # accuracy
     class_after: float
     others_before: float
     others_after: float
+    class_confidence_before: float  # mean probability of the true label
+    class_confidence_after: float
+    others_confidence_before: float
+    others_confidence_after: float
     samples: int  # of the class; as many of the other classes
 
     @property
     def excess_drop(self) -> float:
         """How much more accuracy the class loses than the other classes do (points in [-1, 1])."""
         return (self.class_before - self.class_after) - (self.others_before - self.others_after)
+
+    @property
+    def excess_confidence_drop(self) -> float:
+        """How much more of its confidence in the true label the class loses than the other classes ([-1, 1])."""
+        return (self.class_confidence_before - self.class_confidence_after) - (
+            self.others_confidence_before - self.others_confidence_after)
 
 
 def blank(images: np.ndarray, region: np.ndarray) -> np.ndarray:
@@ -54,11 +64,15 @@ def occlusion_check(explainer: GradCAM, source: Source, labels: np.ndarray, samp
     images = np.stack([_decode.resize(image, size) for image in source.load(list(sample_ids[chosen]))])
     truth = labels[chosen]
 
-    def accuracy(batch: np.ndarray) -> np.ndarray:
-        pred = np.concatenate([explainer.explain(batch[i : i + batch_size], truth[i : i + batch_size]).pred
-                               for i in range(0, len(batch), batch_size)])
-        return pred == truth
+    def predict(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Whether each prediction is right, and the probability of the true label."""
+        parts = [explainer.explain(batch[i : i + batch_size], truth[i : i + batch_size])
+                 for i in range(0, len(batch), batch_size)]
+        pred, probs = np.concatenate([p.pred for p in parts]), np.concatenate([p.probs for p in parts])
+        return pred == truth, probs[np.arange(len(truth)), truth]
 
-    before, after = accuracy(images.astype(np.float32)), accuracy(blank(images, region))
-    return OcclusionResult(float(before[:n].mean()), float(after[:n].mean()), float(before[n:].mean()),
-                           float(after[n:].mean()), int(n))
+    (right, conf), (right_after, conf_after) = predict(images.astype(np.float32)), predict(blank(images, region))
+    mine, rest = slice(0, n), slice(n, None)
+    return OcclusionResult(*(float(values[part].mean()) for part in (mine, rest) for values in (right, right_after)),
+                           *(float(values[part].mean()) for part in (mine, rest) for values in (conf, conf_after)),
+                           int(n))

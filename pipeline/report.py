@@ -23,8 +23,9 @@ matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # noqa: E402
 
 from .datasets import Source
+from .duplicates import COLUMNS as DUPLICATE_COLUMNS
 from .errors import AuditError
-from .findings import AuditTables
+from .findings import AuditTables, corner_column
 from .gradcam import upsample
 
 #: Colormap of every heatmap image in the report.
@@ -129,6 +130,42 @@ def _distribution_plots(samples: pd.DataFrame, class_names: tuple[str, ...], ass
     return plots
 
 
+def _strategies(tables: AuditTables, class_rows: list[dict], assets: Path) -> list[dict]:
+    """Per class, its SpRAy clusters: mean heatmap picture and share of the class's images."""
+    out = []
+    for row in class_rows:
+        found = tables.clusters.get(row["class"])
+        if found is None or found.count == 0:
+            continue
+        _, heat = _heat_rgb(np.nan_to_num(found.mean_maps), (DISPLAY_SIZE, DISPLAY_SIZE))
+        valid = max(int((found.labels >= 0).sum()), 1)
+        clusters = []
+        for c in range(found.count):
+            name = f"class-{row['class']:03d}-cluster-{c}.png"
+            _display(heat[c]).save(assets / name)
+            clusters.append({"file": f"assets/{name}", "share": float((found.labels == c).sum() / valid),
+                             "shortcut": bool(row["flagged"] and row["shortcut_cluster"] == c)})
+        out.append({"class_name": row["class_name"], "flagged": row["flagged"], "clusters": clusters})
+    return out
+
+
+def _duplicate_pairs(pairs: pd.DataFrame | None, sources: dict[str, Source], assets: Path, limit: int) -> dict:
+    """Counts of duplicate pairs by kind and splits, and the first ``limit`` pairs with both pictures."""
+    if pairs is None or pairs.empty:
+        return {"counts": [], "pairs": [], "total": 0}
+    counts = (pairs.groupby(["kind", "split_a", "split_b"]).size().reset_index(name="pairs")
+              .to_dict(orient="records"))
+    shown = []
+    for i, row in enumerate(pairs.head(limit).itertuples(index=False)):
+        pictures = {}
+        for side, split, sample_id in (("a", row.split_a, row.sample_id_a), ("b", row.split_b, row.sample_id_b)):
+            name = f"dup-{i:03d}-{side}.png"
+            _display(sources[split].load([sample_id])[0]).save(assets / name)
+            pictures[side] = f"assets/{name}"
+        shown.append({**row._asdict(), "image_a": pictures["a"], "image_b": pictures["b"]})
+    return {"counts": counts, "pairs": shown, "total": len(pairs)}
+
+
 def _finding_sets(samples: pd.DataFrame, classes: pd.DataFrame) -> dict[str, set[str]]:
     flags = samples["flags"].fillna("").str.split(";")
     return {
@@ -162,8 +199,11 @@ def _history(out_dir: Path, tables: AuditTables) -> dict | None:
             "previous_link": f"../{directory.name}/index.html", "rows": rows}
 
 
-def write_report(out_dir: Path, source: Source, tables: AuditTables, gallery_size: int = 24) -> Path:
-    """Write the complete report directory ``out_dir`` and return it; refuses to overwrite an existing one."""
+def write_report(out_dir: Path, source: Source, tables: AuditTables, gallery_size: int = 24,
+                 other: Source | None = None) -> Path:
+    """Write the complete report directory ``out_dir`` and return it; refuses to overwrite an existing one.
+
+    ``other`` is the training split, when duplicates were searched across splits (for the pairs' pictures)."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise AuditError(f"report directory {str(out_dir)!r} already exists; choose another --out")
@@ -172,7 +212,8 @@ def write_report(out_dir: Path, source: Source, tables: AuditTables, gallery_siz
     try:
         assets = tmp / "assets"
         assets.mkdir(parents=True)
-        _write_report_files(tmp, assets, source, tables, gallery_size, _history(out_dir, tables), out_dir.name)
+        _write_report_files(tmp, assets, source, tables, gallery_size, _history(out_dir, tables), out_dir.name,
+                            other)
         os.rename(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -181,11 +222,13 @@ def write_report(out_dir: Path, source: Source, tables: AuditTables, gallery_siz
 
 
 def _write_report_files(tmp: Path, assets: Path, source: Source, tables: AuditTables, gallery_size: int,
-                        history: dict | None, report_name: str) -> None:
+                        history: dict | None, report_name: str, other: Source | None) -> None:
     samples, classes = tables.samples, tables.classes
     samples.to_parquet(tmp / "samples.parquet", index=False)
     samples.to_csv(tmp / "samples.csv", index=False, float_format="%.6g")
     classes.to_csv(tmp / "classes.csv", index=False, float_format="%.6g")
+    pairs = tables.duplicates if tables.duplicates is not None else pd.DataFrame(columns=DUPLICATE_COLUMNS)
+    pairs.to_csv(tmp / "duplicates.csv", index=False, float_format="%.6g")
     (tmp / "audit.json").write_text(json.dumps(tables.meta, indent=2, default=str))
     # Each CAM scaled to a peak of 1 and kept as float16: every use of them (overlays, class means, clustering) is
     # scale-free, and it halves the file.
@@ -205,12 +248,17 @@ def _write_report_files(tmp: Path, assets: Path, source: Source, tables: AuditTa
 
     findings = []
     for row in (r for r in class_rows if r["flagged"]):
-        mine = samples[samples["label"] == row["class"]].nlargest(8, row["shortcut_statistic"])
+        column = "border_focus" if row["shortcut_statistic"] == "border_focus" else \
+            corner_column(row["favoured_corner"])
+        mine = samples[samples["label"] == row["class"]].nlargest(8, column)
         findings.append({**row, "strip": _sample_cards(source, tables, mine, assets, f"finding-{row['class']:03d}")})
+    strategies = _strategies(tables, class_rows, assets)
+    duplicates = _duplicate_pairs(tables.duplicates, {source.split: source, **({other.split: other} if other else {})},
+                                  assets, gallery_size)
 
     valid = samples[samples["cam_valid"]]
     gallery = _sample_cards(source, tables, valid.nlargest(gallery_size, "border_focus"), assets, "border")
-    relabel = samples[samples["is_label_issue"]].nlargest(gallery_size, "relabel_score")
+    relabel = samples[samples["relabel_reason"] != ""].nlargest(gallery_size, "relabel_score")
     relabel_cards = _sample_cards(source, tables, relabel, assets, "relabel")
 
     html = _environment().get_template("index.html").render(
@@ -219,7 +267,11 @@ def _write_report_files(tmp: Path, assets: Path, source: Source, tables: AuditTa
         findings=findings,
         gallery=gallery,
         relabel=relabel_cards,
-        relabel_total=int(samples["is_label_issue"].sum()),
+        relabel_total=int((samples["relabel_reason"] != "").sum()),
+        label_issues=int(samples["is_label_issue"].sum()),
+        candidates=[r for r in class_rows if r["candidate"] and not r["flagged"]],
+        strategies=strategies,
+        duplicates=duplicates,
         empty_cams=int((~samples["cam_valid"]).sum()),
         skipped=tables.meta.get("skipped", [])[:MAX_SKIPPED_SHOWN],
         distributions=_distribution_plots(samples, source.class_names, assets),

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
 
 from . import heatmaps
+from ._decode import resize
 from .datasets import Source
+from .duplicates import SIGNATURE_SIZE, pixel_digests, pixel_signatures
 from .foreground import estimate_foreground
 from .gradcam import CamBatch, GradCAM, upsample
 from .models import cross_fit_folds
+
+#: Bump when the columns or arrays of a shard result change: persisted shard results of older versions are not reused.
+TABLE_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -22,6 +27,9 @@ class ShardResult:
     probs: np.ndarray  # (n, C) float32 class probabilities
     cams: np.ndarray  # (n, h, w) float32 predicted-class CAMs at the target layer's resolution, unnormalised
     skipped: list[dict]  # {"sample_id", "reason"} of inputs that could not be decoded
+    embeddings: np.ndarray  # (n, D) float32 penultimate-layer embeddings, for near duplicates
+    digests: np.ndarray  # (n,) str digests of the pixels the model saw, for exact duplicates
+    signatures: np.ndarray  # (n, 768) float16 thumbnail signatures, to confirm near duplicates
 
 
 def _explain(explainers: list[GradCAM], images: np.ndarray, labels: np.ndarray, folds: np.ndarray | None):
@@ -30,8 +38,8 @@ def _explain(explainers: list[GradCAM], images: np.ndarray, labels: np.ndarray, 
         return explainers[0].explain(images, labels)
     parts = {k: explainers[k].explain(images[folds == k], labels[folds == k]) for k in np.unique(folds)}
     order = np.argsort(np.concatenate([np.flatnonzero(folds == k) for k in parts]), kind="stable")
-    return CamBatch(*(np.concatenate([getattr(p, f) for p in parts.values()])[order]
-                      for f in ("probs", "pred", "cam_pred", "cam_label")))
+    return CamBatch(*(np.concatenate([getattr(p, f.name) for p in parts.values()])[order]
+                      for f in fields(CamBatch)))
 
 
 def scan(source: Source, explainers: list[GradCAM], start: int, stop: int, batch_size: int,
@@ -46,7 +54,7 @@ def scan(source: Source, explainers: list[GradCAM], start: int, stop: int, batch
     (:mod:`pipeline.foreground`) and the row says ``mask_kind = "estimated"``.
     """
     size = explainers[0].image_size(source.natural_size)
-    tables, probs, cams, skipped = [], [], [], []
+    tables, probs, cams, skipped, embeddings, digests, signatures = [], [], [], [], [], [], []
     for batch in source.batches(size, batch_size, start, stop):
         skipped.extend(batch.skipped)
         if len(batch.labels) == 0:
@@ -74,8 +82,8 @@ def scan(source: Source, explainers: list[GradCAM], start: int, stop: int, batch
                 "confidence": out.probs[rows, out.pred],
                 "label_prob": out.probs[rows, batch.labels],
                 **stats,
-                "label_border_focus": label_stats["border_focus"],
-                "label_background_attention": label_stats["background_attention"],
+                **{f"label_{name}": label_stats[name] for name in
+                   ("border_focus", "corner_focus", "background_attention", "concentration")},
                 "cam_valid": valid,
                 "label_cam_valid": label_valid,
                 "mask_kind": mask_kind,
@@ -86,18 +94,46 @@ def scan(source: Source, explainers: list[GradCAM], start: int, stop: int, batch
         tables.append(table)
         probs.append(out.probs.astype(np.float32))
         cams.append(out.cam_pred.astype(np.float32))
+        embeddings.append(out.embedding.astype(np.float32))
+        digests.append(pixel_digests(batch.images))
+        signatures.append(_signatures(batch.images))
     if not tables:
         return ShardResult(pd.DataFrame(), np.zeros((0, len(source.class_names)), np.float32),
-                           np.zeros((0, 1, 1), np.float32), skipped)
-    return ShardResult(pd.concat(tables, ignore_index=True), np.concatenate(probs), np.concatenate(cams), skipped)
+                           np.zeros((0, 1, 1), np.float32), skipped, np.zeros((0, 1), np.float32),
+                           np.zeros(0, dtype=object), np.zeros((0, 3 * SIGNATURE_SIZE**2), np.float16))
+    return ShardResult(pd.concat(tables, ignore_index=True), np.concatenate(probs), np.concatenate(cams), skipped,
+                       np.concatenate(embeddings), np.concatenate(digests), np.concatenate(signatures))
+
+
+def _signatures(images: np.ndarray) -> np.ndarray:
+    return pixel_signatures(resize(images, (SIGNATURE_SIZE, SIGNATURE_SIZE)))
+
+
+def embed(source: Source, explainer: GradCAM, size: tuple[int, int], batch_size: int) -> tuple[np.ndarray, ...]:
+    """Sample ids, penultimate-layer embeddings (forward passes only), pixel digests and pixel signatures of a whole
+    source."""
+    ids, embeddings, digests, signatures = [], [], [], []
+    for batch in source.batches(size, batch_size):
+        if len(batch.labels):
+            ids.append(batch.sample_ids)
+            embeddings.append(explainer.embed(batch.images).astype(np.float32))
+            digests.append(pixel_digests(batch.images))
+            signatures.append(_signatures(batch.images))
+    if not ids:
+        return (np.zeros(0, dtype=object), np.zeros((0, 1), np.float32), np.zeros(0, dtype=object),
+                np.zeros((0, 3 * SIGNATURE_SIZE**2), np.float16))
+    return tuple(np.concatenate(parts) for parts in (ids, embeddings, digests, signatures))
 
 
 def merge(shards: list[ShardResult]) -> ShardResult:
     """Concatenate shard results in order."""
-    full = [s for s in shards if len(s.table)]
+    full = [s for s in shards if len(s.table)] or shards[:1]
     return ShardResult(
         pd.concat([s.table for s in full], ignore_index=True),
         np.concatenate([s.probs for s in full]),
         np.concatenate([s.cams for s in full]),
         [item for s in shards for item in s.skipped],
+        np.concatenate([s.embeddings for s in full]),
+        np.concatenate([s.digests for s in full]),
+        np.concatenate([s.signatures for s in full]),
     )

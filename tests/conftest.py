@@ -19,8 +19,9 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import pipeline.flows  # noqa: E402, F401
-from pipeline import findings  # noqa: E402
+from pipeline import findings, heatmaps  # noqa: E402
 from pipeline.datasets import FolderSource, SourceSpec  # noqa: E402
+from pipeline.gradcam import upsample  # noqa: E402
 
 
 def small_cnn(num_classes: int = 3, head: str = "dense-softmax", seed: int = 0) -> keras.Model:
@@ -60,21 +61,24 @@ def hostile_audit(root: Path, n: int = 30) -> tuple[FolderSource, findings.Audit
     class_names = source.class_names
     ids, labels = source.sample_ids, source.labels
     probs = rng.dirichlet(np.ones(3), n).astype(np.float32)
+    cams = rng.uniform(0, 1, (n, 4, 4)).astype(np.float32)
+    mass, valid = heatmaps.to_mass(upsample(cams, (16, 16)))
     samples = pd.DataFrame({
         "sample_id": ids, "label": labels, "pred": probs.argmax(1), "confidence": probs.max(1),
-        "label_prob": probs[np.arange(n), labels], "border_focus": rng.uniform(0.5, 1.5, n),
-        "corner_focus": rng.uniform(0.5, 2, n), "focus_corner": "top-left",
-        "background_attention": rng.uniform(0, 1, n), "concentration": rng.uniform(0, 1, n), "cam_valid": True,
+        "label_prob": probs[np.arange(n), labels], "cam_valid": valid,
+        **heatmaps.summarise(mass, rng.uniform(0, 1, (n, 16, 16)) > 0.5),
     })
-    cams = rng.uniform(0, 1, (n, 4, 4)).astype(np.float32)
     tables = findings.build_tables(samples, probs, cams, class_names, (16, 16), findings.Thresholds())
+    # Duplicates name samples too: a pair of two hostile file names.
+    tables.duplicates = pd.DataFrame({"sample_id_a": [ids[0]], "split_a": ["all"], "sample_id_b": [ids[1]],
+                                      "split_b": ["all"], "similarity": [0.99], "kind": ["near"]})
     tables.meta = {
         "run_id": "r", "dataset": {"name": "<b>set</b>", "split": "test", "classes": list(class_names),
                                    "fingerprint": "f", "planted": None},
         "model": {"name": "m", "origin": "user model", "layer": "<i>layer</i>", "fingerprint": "g"},
         "config": {"method": "gradcam", "out": "<script>x</script>"}, "results": {"accuracy": 0.5, "samples": n},
         "skipped": [], "warnings": ["<script>warn()</script>"], "thresholds": findings.Thresholds().as_dict(),
-        "versions": {"gradcam-audit": "0"}, "timings": {"total_s": 1.0},
+        "versions": {"gradcam-audit": "0"}, "timings": {"total_s": 1.0}, "validation": None,
     }
     return source, tables
 

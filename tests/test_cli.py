@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import pytest
 from pipeline import cli
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["run"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["run"], ["validate"]])
 def test_help_documents_every_option(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([*command, "--help"])
@@ -33,6 +34,8 @@ def test_the_console_script_and_python_m_both_answer():
         (["demo", "--model", "missing.keras"], "does not exist"),
         (["demo", "--out", "."], "already exists"),
         (["run", "demo", "--split", "validation"], "splits 'train' and 'test'"),
+        (["validate", "demo", "--artifact", "corner", "--class", "zebra"], "class 'zebra' is not in the dataset"),
+        (["validate", "demo", "--artifact", "stamp", "--rate", "2"], "--rate must be in (0, 1]"),
     ],
 )
 def test_user_errors_exit_2_with_one_line_and_no_traceback(argv, message, capsys):
@@ -78,6 +81,29 @@ def test_demo_end_to_end_flags_the_planted_class_and_only_it(tmp_path):
     # Samples carrying the mark look at it far more than unmarked ones.
     marked = samples[samples["planted"]]
     assert marked["corner_focus"].median() > 2 * samples[~samples["planted"]]["corner_focus"].median()
+    # The demo's own detection figures: its marked samples are the ones the audit singles out.
+    assert audit["validation"]["rank"] == 1 and audit["validation"]["sample_auroc"] > 0.95
+    assert set(pd.read_csv(report_dir / "duplicates.csv").columns) == {
+        "sample_id_a", "split_a", "sample_id_b", "split_b", "similarity", "kind"}
     html = (report_dir / "index.html").read_text()
-    assert "likely shortcut: &#39;triangle&#39;" in html and "border focus" in html
+    assert re.search(r"likely shortcut: \d+% of &#39;triangle&#39; images", html) and "corner focus" in html
+    assert 'id="strategies"' in html and 'id="duplicates"' in html
     assert not list((tmp_path / "reports").glob(".*"))  # no temporary directory left behind
+
+
+@pytest.mark.slow
+def test_validate_plants_an_artifact_and_prints_how_well_the_audit_found_it(tmp_path):
+    """A corner mark on 'circle' in a clean demo set: ranked first, flagged alone, stamped samples separated."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "validate", "demo", "--artifact", "corner", "--class", "circle",
+         "--position", "top-left", "--train-size", "1500", "--test-size", "500", "--epochs", "6",
+         "--out", str(tmp_path / "report")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"planted class 'circle' \(\d+ stamped audited images\): rank 1, flagged; clean classes "
+                     r"flagged: none", result.stdout), result.stdout
+    figures = json.loads((tmp_path / "report" / "audit.json").read_text())["validation"]
+    assert figures["sample_auroc"] >= 0.95 and figures["precision_at_stamped"] >= 0.8
+    assert figures["suspected_region"] == "the top-left corner"
+    assert json.loads((tmp_path / "report" / "audit.json").read_text())["dataset"]["planted"]["kind"] == "corner"

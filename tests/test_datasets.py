@@ -186,3 +186,20 @@ def test_a_failed_tfds_download_says_what_to_do_instead(tmp_path, monkeypatch):
 def test_a_tfds_dataset_without_images_and_labels_is_refused(tmp_path):
     with pytest.raises(AuditError, match="not an image classification set"):
         TfdsSource(SourceSpec(kind="tfds", name="imdb_reviews", data_dir=str(tmp_path)))
+
+
+def test_a_folder_whose_images_share_one_size_reports_it_as_its_natural_size(tmp_path):
+    same = open_source(SourceSpec(kind="folder", name=str(folder_of(tmp_path, {"a": 2, "b": 2}))))
+    assert same.natural_size == (12, 20)  # (height, width) of the 20x12 JPEGs
+    mixed_root = tmp_path / "mixed"
+    save(mixed_root / "a" / "0.png", solid(size=(20, 12)))
+    save(mixed_root / "b" / "0.png", solid(size=(8, 8)))
+    assert open_source(SourceSpec(kind="folder", name=str(mixed_root))).natural_size is None
+
+
+def test_sniffing_reports_the_displayed_size_of_an_exif_rotated_photo(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated by 90 degrees
+    path = save(tmp_path / "rotated.jpg", solid(size=(20, 12)), exif=exif)
+    fast, size = _decode.sniff(path)
+    assert not fast and size == (20, 12)

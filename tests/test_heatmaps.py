@@ -65,3 +65,30 @@ def test_statistics_of_an_empty_map_are_nan_not_errors():
     for name in ("border_focus", "corner_focus", "background_attention", "concentration", "com_row"):
         assert np.isnan(stats[name]).all(), name
     assert list(stats["focus_corner"]) == ["", ""]
+
+
+def test_each_corner_has_its_own_focus_and_corner_focus_is_the_largest():
+    mass, _ = heatmaps.to_mass(one_hot_map(32, 31, 0))  # bottom-left pixel
+    each = heatmaps.corner_focus_each(mass)[0]
+    assert each.tolist() == pytest.approx([0.0, 0.0, 16.0, 0.0])
+    focus, corner = heatmaps.corner_focus(mass)
+    assert focus[0] == pytest.approx(16.0) and heatmaps.CORNERS[corner[0]] == "bottom-left"
+
+
+def test_the_peak_is_the_pixel_of_largest_mass_at_its_centre_and_nan_for_an_invalid_map():
+    cams = np.zeros((2, 8, 4))
+    cams[0, 6, 1] = 5.0
+    cams[0, 2, 2] = 1.0
+    mass, _ = heatmaps.to_mass(cams)
+    rows, cols = heatmaps.peak(mass)
+    assert rows[0] == pytest.approx(6.5 / 8) and cols[0] == pytest.approx(1.5 / 4)
+    assert np.isnan(rows[1]) and np.isnan(cols[1])
+
+
+def test_summarise_gives_a_column_per_corner_and_the_peak():
+    mass, _ = heatmaps.to_mass(one_hot_map(32, 0, 31))
+    stats = heatmaps.summarise(mass, np.zeros((1, 32, 32), dtype=bool))
+    assert stats["corner_focus_top_right"][0] == pytest.approx(16.0)
+    assert stats["focus_corner"][0] == "top-right"
+    assert stats["peak_row"][0] == pytest.approx(0.5 / 32) and stats["peak_col"][0] == pytest.approx(31.5 / 32)
+    assert stats["background_attention"][0] == pytest.approx(1.0)

@@ -1,0 +1,119 @@
+"""Artifacts planted into a copy of a dataset, to measure whether an audit finds a shortcut it was handed.
+
+Three kinds, each a typical real-world shortcut: a ``corner`` mark (a magenta/yellow checkerboard patch, like a logo
+or a sensor tag), a ``frame`` (a solid border, like a scanner's or a photo service's), and a ``stamp`` (short
+white text with a dark outline, like a watermark). Geometry is relative to the image (``size`` is a fraction of its
+shorter side), so the artifact looks the same at the original resolution and at the model's input size. It is
+alpha-blended with ``opacity``. A sample of the chosen class carries the artifact when a hash of its id and the seed
+falls below ``rate``: the same samples in every run, process and resolution, with no stored list.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from ._hashing import unit_hash
+from .errors import AuditError
+
+KINDS = ("corner", "frame", "stamp")
+POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right")
+#: Default size (fraction of the shorter side) per kind: a 5-px patch, a 2-px frame, 8-px-high text at 32x32.
+DEFAULT_SIZES = {"corner": 0.15, "frame": 0.06, "stamp": 0.25}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """What to plant, where, and into how many of one class's images."""
+
+    kind: str
+    class_name: str
+    position: str = "bottom-right"  # corner and stamp: which corner; a frame goes all around
+    size: float | None = None  # fraction of the shorter side; None: DEFAULT_SIZES[kind]
+    opacity: float = 1.0
+    rate: float = 0.5  # fraction of the class's images that carry it
+    seed: int = 0
+    text: str = "stock"  # stamp only
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise AuditError(f"--artifact must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.position not in POSITIONS:
+            raise AuditError(f"--position must be one of {', '.join(POSITIONS)}, got {self.position!r}")
+        if self.size is None:
+            object.__setattr__(self, "size", DEFAULT_SIZES[self.kind])
+        for name, low in (("size", 0.0), ("opacity", 0.0), ("rate", 0.0)):
+            value = getattr(self, name)
+            if not low < value <= (0.5 if name == "size" else 1.0):
+                raise AuditError(f"--{name} must be in (0, {0.5 if name == 'size' else 1}], got {value}")
+        if self.kind == "stamp" and not self.text.strip():
+            raise AuditError("a stamp needs some --text")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def carriers(self, sample_ids: np.ndarray, in_class: np.ndarray) -> np.ndarray:
+        """Which samples carry the artifact: those of the class whose hash of (seed, id) falls below ``rate``."""
+        return np.asarray(in_class, dtype=bool) & (unit_hash(sample_ids, f"artifact:{self.seed}") < self.rate)
+
+    def apply(self, images: np.ndarray) -> np.ndarray:
+        """The images (N, H, W, 3) uint8 with the artifact blended in."""
+        images = np.asarray(images)
+        if len(images) == 0:
+            return images
+        alpha, colour = _layer(self, *images.shape[1:3])
+        alpha = alpha[None, ..., None] * self.opacity
+        return np.round(images * (1.0 - alpha) + colour[None] * alpha).astype(np.uint8)
+
+
+def _corner_origin(position: str, height: int, width: int, h: int, w: int) -> tuple[int, int]:
+    top = 0 if position.startswith("top") else height - h
+    left = 0 if position.endswith("left") else width - w
+    return top, left
+
+
+@functools.lru_cache(maxsize=64)
+def _layer(artifact: Artifact, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The artifact at one resolution: its coverage (H, W) in [0, 1] and its colours (H, W, 3) float."""
+    side = min(height, width)
+    alpha = np.zeros((height, width), dtype=np.float32)
+    colour = np.zeros((height, width, 3), dtype=np.float32)
+    if artifact.kind == "corner":
+        s = max(2, int(round(artifact.size * side)))
+        top, left = _corner_origin(artifact.position, height, width, s, s)
+        half = max(s // 2, 1)
+        checker = (np.arange(s)[:, None] // half + np.arange(s)[None, :] // half) % 2
+        colour[top:top + s, left:left + s] = np.where(checker[..., None] == 0, [255.0, 0.0, 255.0],
+                                                      [255.0, 255.0, 0.0])
+        alpha[top:top + s, left:left + s] = 1.0
+    elif artifact.kind == "frame":
+        k = max(1, int(round(artifact.size * side)))
+        alpha[:] = 1.0
+        alpha[k:height - k, k:width - k] = 0.0
+        colour[:] = [255.0, 96.0, 0.0]
+    else:
+        alpha, colour = _text_layer(artifact, height, width)
+    return alpha, colour
+
+
+def _text_layer(artifact: Artifact, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """White text with a dark outline, ``size`` of the shorter side high, in the chosen corner (1-px margin)."""
+    font = ImageFont.load_default(size=max(6, int(round(artifact.size * min(height, width)))))
+    left, top, right, bottom = font.getbbox(artifact.text, stroke_width=1)
+    h, w = min(bottom - top, height), min(right - left, width)
+    row, col = _corner_origin(artifact.position, height, width, h, w)
+    row, col = min(max(row, 1), height - h) if h < height else 0, min(max(col, 1), width - w) if w < width else 0
+    fill, stroke = Image.new("L", (width, height)), Image.new("L", (width, height))
+    ImageDraw.Draw(stroke).text((col - left, row - top), artifact.text, font=font, fill=255, stroke_width=1,
+                                stroke_fill=255)
+    ImageDraw.Draw(fill).text((col - left, row - top), artifact.text, font=font, fill=255)
+    alpha = np.asarray(stroke, dtype=np.float32) / 255.0
+    white = np.asarray(fill, dtype=np.float32) / 255.0
+    # Where the glyph itself is, white; on its outline only, near-black.
+    colour = np.repeat((255.0 * np.divide(white, alpha, out=np.zeros_like(white), where=alpha > 0))[..., None], 3,
+                       axis=-1)
+    colour = np.where(colour > 0, colour, 20.0)
+    return alpha, colour.astype(np.float32)

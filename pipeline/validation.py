@@ -1,0 +1,66 @@
+"""How well an audit found a shortcut that was planted on purpose (``gradcam-audit validate``, and the demo).
+
+Given the audit's tables and which samples carry the planted artifact, it answers three questions:
+
+- *Class level*: where does the planted class rank among the classes, ordered as the report orders them (flagged
+  first, then by shortcut score)? Is it flagged, and is any clean class flagged too?
+- *Sample level*: does the audit's own per-sample score separate the stamped images from the clean ones? The score
+  is each sample's focus on the region the audit blames for the planted class (the border band, or the corner its
+  heatmaps favour: :func:`pipeline.findings.suspected_region`), so it uses what the audit found, not where the
+  artifact really is. Figures: AUROC of stamped versus all clean images, and precision at k, the share of stamped
+  images among the k highest scores (k = the number of stamped images, and k = 100).
+- The ``uses_shortcut`` sample flag: its precision and recall for the stamped images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import heatmaps
+from .findings import auroc, ranked_classes, suspected_region
+from .gradcam import upsample
+
+
+def region_focus_of_cams(cams: np.ndarray, size: tuple[int, int], region: np.ndarray,
+                         chunk: int = 1024) -> np.ndarray:
+    """Focus ratio on ``region`` (H, W) of each raw low-resolution CAM (N, h, w), upsampled to ``size``."""
+    parts = []
+    for i in range(0, len(cams), chunk):
+        mass, _ = heatmaps.to_mass(upsample(cams[i:i + chunk], size))
+        parts.append(heatmaps.region_focus(mass, region))
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def precision_at(scores: np.ndarray, positive: np.ndarray, k: int) -> float:
+    """Share of positives among the ``k`` highest finite scores."""
+    finite = np.flatnonzero(np.isfinite(scores))
+    top = finite[np.argsort(-scores[finite], kind="stable")[:k]]
+    return float(positive[top].mean()) if len(top) else float("nan")
+
+
+def detection_figures(samples: pd.DataFrame, classes: pd.DataFrame, cams: np.ndarray, size: tuple[int, int],
+                      planted_class: str) -> dict:
+    """The detection figures of one audit of a source with a planted artifact (``samples["planted"]``)."""
+    k = int(classes.loc[classes["class_name"] == planted_class, "class"].iloc[0])
+    order = ranked_classes(classes)
+    region_name, region = suspected_region(samples, classes, k, size)
+    score = region_focus_of_cams(cams, size, region)
+    stamped = samples["planted"].to_numpy(dtype=bool)
+    mine = samples["label"].to_numpy() == k
+    uses = samples["flags"].str.contains("uses_shortcut").to_numpy()
+    flagged = classes.loc[classes["flagged"], "class_name"].tolist()
+    return {
+        "planted_class": planted_class,
+        "stamped_samples": int(stamped.sum()),
+        "rank": int(order.index(k) + 1),
+        "flagged": planted_class in flagged,
+        "clean_classes_flagged": [name for name in flagged if name != planted_class],
+        "suspected_region": region_name,
+        "sample_auroc": auroc(score[stamped], score[~stamped]),
+        "sample_auroc_within_class": auroc(score[stamped & mine], score[~stamped & mine]),
+        "precision_at_stamped": precision_at(score, stamped, int(stamped.sum())),
+        "precision_at_100": precision_at(score, stamped, 100),
+        "uses_shortcut_precision": float(stamped[uses].mean()) if uses.any() else float("nan"),
+        "uses_shortcut_recall": float(uses[stamped].mean()) if stamped.any() else float("nan"),
+    }

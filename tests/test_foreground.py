@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from pipeline import foreground, synthetic
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def disc_on_texture(size: int = 48, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A red disc in the middle of a noisy green-blue gradient."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    truth = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2
+    image = np.stack([np.full((size, size), 40.0), 80 + xx * 2.0, 160 - yy * 1.5], axis=-1)
+    image[truth] = [210, 40, 40]
+    image += rng.normal(0, 8, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)[None], truth[None]
+
+
+def test_an_object_in_the_middle_of_a_textured_background_is_found():
+    image, truth = disc_on_texture()
+    mask = foreground.estimate_foreground(image)
+    assert iou(mask[0], truth[0]) > 0.8
+
+
+def test_saliency_is_high_on_the_object_and_low_on_the_border_connected_background():
+    image, truth = disc_on_texture(seed=1)
+    s = foreground.saliency(image[0])
+    assert 0.0 <= s.min() and s.max() <= 1.0
+    assert s[truth[0]].mean() > 0.6 > 0.3 > s[~truth[0]].mean()
+
+
+def test_a_flat_image_has_no_foreground():
+    assert not foreground.estimate_foreground(np.full((2, 32, 32, 3), 77, dtype=np.uint8)).any()
+
+
+def test_large_images_are_estimated_at_the_working_size_and_returned_at_theirs():
+    image, truth = disc_on_texture(size=160)
+    mask = foreground.estimate_foreground(image)
+    assert mask.shape == (1, 160, 160) and iou(mask[0], truth[0]) > 0.8
+
+
+def test_on_the_demo_shapes_the_estimate_overlaps_the_true_masks_far_better_than_chance():
+    data = synthetic.make_split(60, seed=3, planted=None)
+    masks = foreground.estimate_foreground(data.images)
+    scores = [iou(m, t) for m, t in zip(masks, data.masks, strict=True)]
+    everything = [iou(np.ones_like(t), t) for t in data.masks]
+    assert np.mean(scores) > 0.35 and np.mean(scores) > 3 * np.mean(everything), (np.mean(scores), np.mean(everything))
+
+
+@pytest.mark.parametrize("size", [8, 32])
+def test_tiny_images_still_get_a_mask_of_their_size(size):
+    image, _ = disc_on_texture(size=size)
+    assert foreground.estimate_foreground(image).shape == (1, size, size)
