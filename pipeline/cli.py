@@ -14,7 +14,7 @@ from .settings import apply_environment_defaults
 apply_environment_defaults()  # before anything imports TensorFlow or Prefect
 
 from . import AuditError, artifacts, audit  # noqa: E402
-from .config import PREPROCESSING, AuditConfig  # noqa: E402
+from .config import PREPROCESSING, AuditConfig, Thresholds  # noqa: E402
 
 DEFAULTS = AuditConfig()
 
@@ -27,6 +27,14 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
     return value
+
+
+def _threshold(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    try:
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER, got {text!r}") from None
 
 
 def _add_audit_options(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +76,10 @@ def _add_audit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-limit", type=_positive, metavar="N",
                         help="reference models: train on a fixed random subset of at most N images of the training "
                              "split (faster, less accurate; default: all)")
+    parser.add_argument("--threshold", dest="thresholds", action="append", metavar="NAME=VALUE",
+                        type=_threshold,
+                        help="change a threshold behind the flags (repeatable): "
+                             + ", ".join(f"{name} (default {value})" for name, value in Thresholds().as_dict().items()))
     parser.add_argument("--gallery-size", type=_positive, default=DEFAULTS.gallery_size, metavar="N",
                         help="samples shown per gallery in the report (default: %(default)s)")
 
@@ -237,6 +249,7 @@ def _schedule(args: argparse.Namespace) -> None:
     from .flows import serve_schedule
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "name", "cron")}
+    options["thresholds"] = dict(options["thresholds"]) if options["thresholds"] else None
     if options.get("out"):
         raise AuditError("a schedule writes a new report each run: drop --out")
     serve_schedule(args.name, args.cron, AuditConfig(**options))
@@ -280,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             _schedule(args)
             return 0
         options = {k: v for k, v in vars(args).items() if k != "command"}
+        options["thresholds"] = dict(options["thresholds"]) if options["thresholds"] else None
         if args.command == "demo":
             options["dataset"] = "demo"
         if args.command == "validate":

@@ -21,6 +21,36 @@ PREPROCESSING = {
 
 
 @dataclass(frozen=True)
+class Thresholds:
+    """The thresholds behind every flag (:mod:`pipeline.findings`); recorded in ``audit.json``, each can be changed
+    with ``--threshold NAME=VALUE``."""
+
+    min_focus_ratio: float = 1.5  # class mean / median of the other classes' means
+    min_auroc: float = 0.75  # P(a sample of the class is more focused than a sample of another class)
+    tail_quantile: float = 0.95  # "more focused than other classes' images": above this quantile of theirs
+    min_tail_share: float = 0.25  # a sub-population: this share of the class above it (5x the 5% expected)
+    min_occlusion_drop: float = 0.05  # blanking the region: class's label-probability loss minus the others'
+    min_duplicate_similarity: float = 0.9  # near duplicate: cosine of centred penultimate-layer embeddings ...
+    min_pixel_correlation: float = 0.95  # ... and correlation of 16x16 RGB thumbnails
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_overrides(cls, overrides: dict | None) -> Thresholds:
+        """The defaults with ``overrides`` (name -> number) applied; unknown names or non-numbers are refused."""
+        overrides = overrides or {}
+        known = cls.__dataclass_fields__
+        unknown = sorted(set(overrides) - set(known))
+        if unknown:
+            raise AuditError(f"unknown threshold(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        try:
+            return cls(**{name: float(value) for name, value in overrides.items()})
+        except (TypeError, ValueError):
+            raise AuditError(f"thresholds must be numbers, got {overrides}") from None
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     """One audit's options; each has the same meaning in the CLI, in :func:`pipeline.audit` and in the flow."""
 
@@ -47,6 +77,7 @@ class AuditConfig:
     workers: int = 0  # N >= 1: run shards on a local Dask cluster of N worker processes
     dask_address: str | None = None  # run shards on an existing Dask cluster (tcp://host:port)
     artifact: dict | None = None  # Artifact fields: plant it into a copy of the dataset (``gradcam-audit validate``)
+    thresholds: dict | None = None  # overrides of pipeline.findings.Thresholds, by name
 
     def __post_init__(self):
         for name in ("batch_size", "shard_size", "epochs", "train_limit", "train_size", "test_size", "gallery_size"):

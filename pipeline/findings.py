@@ -19,7 +19,7 @@ Every number behind a flag goes into the class's evidence sentence. SpRAy cluste
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -28,27 +28,13 @@ from cleanlab.rank import get_label_quality_scores
 from scipy.stats import mannwhitneyu
 
 from . import heatmaps
+from .config import Thresholds
 from .occlusion import OcclusionResult
 
 #: Statistics that can reveal a shortcut; each measures one region (the border band, the favoured corner).
 SHORTCUT_STATISTICS = ("border_focus", "corner_focus")
 STATISTIC_COLUMNS = ("border_focus", "corner_focus", "background_attention", "concentration")
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """The thresholds behind every flag; recorded in ``audit.json``."""
-
-    min_focus_ratio: float = 1.5  # class mean / median of the other classes' means
-    min_auroc: float = 0.75  # P(a sample of the class is more focused than a sample of another class)
-    tail_quantile: float = 0.95  # "more focused than other classes' images": above this quantile of theirs
-    min_tail_share: float = 0.25  # a sub-population: this share of the class above it (5x the 5% expected)
-    min_occlusion_drop: float = 0.05  # blanking the region: class's label-probability loss minus the others'
-    min_duplicate_similarity: float = 0.9  # near duplicate: cosine of centred penultimate-layer embeddings ...
-    min_pixel_correlation: float = 0.95  # ... and correlation of 16x16 RGB thumbnails
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+DEFAULT_THRESHOLDS = Thresholds()
 
 
 @dataclass
@@ -211,7 +197,7 @@ def class_table(
     samples: pd.DataFrame,
     class_names: tuple[str, ...],
     image_size: tuple[int, int],
-    thresholds: Thresholds = Thresholds(),
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
 ) -> pd.DataFrame:
     """One row per class: counts, accuracy, the statistics' class means, the shortcut statistics of each region
     (``*_ratio``, ``*_auroc``, ``*_tail_share``), ``candidate``, ``flagged`` (False until the causal check) and the
@@ -289,7 +275,8 @@ def _evidence(samples: pd.DataFrame, table: pd.DataFrame, k: int, column: str, i
     )
 
 
-def flag_samples(samples: pd.DataFrame, classes: pd.DataFrame, thresholds: Thresholds = Thresholds()) -> pd.Series:
+def flag_samples(samples: pd.DataFrame, classes: pd.DataFrame,
+                 thresholds: Thresholds = DEFAULT_THRESHOLDS) -> pd.Series:
     """The ``flags`` column: a ``;``-separated list of what stands out about each sample.
 
     ``empty_cam`` (no positive evidence, statistics NaN), ``misclassified``, ``label_issue`` (cleanlab), and
@@ -331,7 +318,7 @@ def suspected_region(samples: pd.DataFrame, classes: pd.DataFrame, k: int,
 
 
 def add_occlusion_evidence(classes: pd.DataFrame, k: int, region: str, result: OcclusionResult,
-                           thresholds: Thresholds = Thresholds()) -> None:
+                           thresholds: Thresholds = DEFAULT_THRESHOLDS) -> None:
     """Record the causal check of candidate class ``k`` in ``classes`` (in place): the figures, the flag (when the
     excess drop of true-label confidence reaches ``min_occlusion_drop``) and a clause of the evidence sentence."""
     row = classes.index[classes["class"] == k][0]

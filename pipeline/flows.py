@@ -84,6 +84,7 @@ def check_config(config: AuditConfig) -> Source:
     errors raise :class:`AuditError` with their message instead of failing a flow run."""
     source = open_source(source_spec(config))
     models.preprocess_function(_preprocess_name(config))
+    findings.Thresholds.from_overrides(config.thresholds)
     if config.model is not None:
         explainer = _explainer(config.model, config.layer, config.method, _preprocess_name(config),
                                config.unsafe_model)
@@ -312,6 +313,7 @@ def audit_flow(
     dask_address: str | None = None,
     train_limit: int | None = None,
     artifact: dict | None = None,
+    thresholds: dict | None = None,
 ) -> AuditResult:
     """Audit every sample of one split with Grad-CAM and write the report; parameters mirror the CLI's options.
 
@@ -356,7 +358,7 @@ def audit_flow(
     timings["gradcam_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    thresholds = findings.Thresholds()
+    thresholds = findings.Thresholds.from_overrides(config.thresholds)
     merged = samples.merge(shards)
     if merged.table.empty:
         raise AuditError("no sample of the split could be decoded; see the skipped inputs")

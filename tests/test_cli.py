@@ -36,6 +36,7 @@ def test_the_console_script_and_python_m_both_answer():
         (["run", "demo", "--split", "validation"], "splits 'train' and 'test'"),
         (["validate", "demo", "--artifact", "corner", "--class", "zebra"], "class 'zebra' is not in the dataset"),
         (["validate", "demo", "--artifact", "stamp", "--rate", "2"], "--rate must be in (0, 1]"),
+        (["demo", "--threshold", "min_tail=0.3"], "unknown threshold(s) min_tail; known: min_focus_ratio"),
     ],
 )
 def test_user_errors_exit_2_with_one_line_and_no_traceback(argv, message, capsys):

@@ -185,3 +185,15 @@ def test_classes_rank_flagged_first_then_by_shortcut_score():
     classes = pd.DataFrame({"class": [0, 1, 2, 3], "flagged": [False, True, False, True],
                             "shortcut_score": [0.9, 0.3, np.nan, 0.5]})
     assert findings.ranked_classes(classes) == [3, 1, 0, 2]
+
+
+def test_thresholds_can_be_overridden_by_name_and_unknown_names_are_refused():
+    from pipeline import AuditError
+
+    assert findings.Thresholds.from_overrides({"min_tail_share": "0.4"}).min_tail_share == 0.4
+    assert findings.Thresholds.from_overrides(None) == findings.Thresholds()
+    with pytest.raises(AuditError, match="unknown threshold"):
+        findings.Thresholds.from_overrides({"min_tail": 0.4})
+    strict = findings.build_tables(*table_with_corner_subpopulation(1, share=0.3), np.ones((400, 4, 4), np.float32),
+                                   CLASSES, (32, 32), findings.Thresholds(min_tail_share=0.4))
+    assert not strict.classes["flagged"].any()
