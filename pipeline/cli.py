@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gradcam-audit: interrupted; no report was written", file=sys.stderr)
         return 1
-    if args.command == "validate":
+    if result.meta.get("validation"):
         _print_detection(result.meta["validation"])
     flagged = ", ".join(result.flagged_classes) or "none"
     print(f"audited {len(result.samples)} samples; likely shortcut classes: {flagged}")

@@ -24,6 +24,11 @@ def shapes_folder(tmp_path_factory):
             folder = root / split / synthetic.SHAPES[label]
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(folder / f"{i:04d}.png")
+    # Leakage: one test image copied into train as it is, another with faint noise.
+    exact, near = sorted((root / "test" / "circle").iterdir())[:2]
+    (root / "train" / "circle" / "copy.png").write_bytes(exact.read_bytes())
+    noisy = np.asarray(Image.open(near)).astype(int) + np.random.default_rng(0).integers(-3, 4, (32, 32, 3))
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(root / "train" / "circle" / "noisy.png")
     (root / "test" / "ring" / "empty.png").write_bytes(b"")
     (root / "test" / "ring" / "readme.txt").write_text("not an image")
     return root
@@ -41,6 +46,12 @@ def test_an_image_folder_is_audited_end_to_end_with_its_broken_files_recorded(sh
     html = (tmp_path / "report" / "index.html").read_text()
     assert "test/ring/readme.txt" in html and "not an image file" in html
     assert len(pd.read_parquet(tmp_path / "report" / "samples.parquet")) == 150
+    pairs = pd.read_csv(tmp_path / "report" / "duplicates.csv")
+    leaks = pairs[pairs["split_b"] == "train"].set_index("sample_id_b")
+    exact, near = sorted(p.name for p in (shapes_folder / "test" / "circle").iterdir())[:2]
+    assert leaks.loc["train/circle/copy.png", ["sample_id_a", "kind"]].tolist() == [f"test/circle/{exact}", "exact"]
+    assert leaks.loc["train/circle/noisy.png", ["sample_id_a", "kind"]].tolist() == [f"test/circle/{near}", "near"]
+    assert leaks.loc["train/circle/noisy.png", "similarity"] > 0.9
 
 
 def test_a_tfds_split_is_audited_end_to_end_offline(tmp_path):
