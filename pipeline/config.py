@@ -108,6 +108,7 @@ class AuditResult:
     samples: pd.DataFrame
     classes: pd.DataFrame
     meta: dict
+    duplicates: pd.DataFrame | None = None
 
     @property
     def flagged_classes(self) -> list[str]:

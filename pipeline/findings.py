@@ -26,9 +26,11 @@ import pandas as pd
 from cleanlab.filter import find_label_issues
 from cleanlab.rank import get_label_quality_scores
 from scipy.stats import mannwhitneyu
+from skimage.measure import label as label_regions
 
 from . import heatmaps
 from .config import Thresholds
+from .gradcam import upsample
 from .occlusion import OcclusionResult
 
 #: Statistics that can reveal a shortcut; each measures one region (the border band, the favoured corner).
@@ -73,7 +75,7 @@ def build_tables(
     scored = score_samples(samples.reset_index(drop=True), probs, class_names)
     classes = class_table(scored, class_names, image_size, thresholds)
     for k in classes.loc[classes["candidate"], "class"]:
-        region_name, region = suspected_region(scored, classes, k, image_size)
+        region_name, region = suspected_region(scored, classes, cams, k, image_size, thresholds)
         if occlusion is None:
             row = classes.index[classes["class"] == k][0]
             classes.loc[row, "flagged"] = True
@@ -308,13 +310,43 @@ def _region(samples: pd.DataFrame, k: int, column: str, size: tuple[int, int]) -
     return corner, heatmaps.corner_regions(*size)[heatmaps.CORNERS.index(corner)]
 
 
-def suspected_region(samples: pd.DataFrame, classes: pd.DataFrame, k: int,
-                     size: tuple[int, int]) -> tuple[str, np.ndarray]:
-    """The region class ``k``'s shortcut statistic points at, as a name and a boolean (H, W) mask: the border band,
-    or the corner its heatmaps favour."""
+def shortcut_values(samples: pd.DataFrame, classes: pd.DataFrame, k: int) -> tuple[str, np.ndarray]:
+    """Every sample's value of class ``k``'s shortcut statistic, on the region it measures for that class (the
+    border band, or the class's favoured corner), with the region's name: the per-sample score behind the class's
+    tail share and the ``uses_shortcut`` flag."""
+    column = classes.loc[classes["class"] == k, "shortcut_statistic"].iloc[0]
+    corner, values = _region_values(samples, k, column)
+    return ("the border band" if corner is None else f"the {corner} corner"), values
+
+
+def suspected_region(samples: pd.DataFrame, classes: pd.DataFrame, cams: np.ndarray, k: int,
+                     size: tuple[int, int], thresholds: Thresholds = DEFAULT_THRESHOLDS) -> tuple[str, np.ndarray]:
+    """The region class ``k``'s shortcut statistic points at, as a name and a boolean (H, W) mask.
+
+    For the border focus, the border band. For the corner focus, the favoured corner's square together with the
+    *hot spot* of the class's tail images (those more focused on that corner than the ``tail_quantile`` of the
+    other classes' images): the pixels where their mean heatmap is at least half its peak, the connected part that
+    holds the peak, unless it is larger than four corner squares (a diffuse map). An artifact that reaches beyond
+    the corner square (a line of text) is then covered whole, so the causal check blanks all of it.
+    """
     column = classes.loc[classes["class"] == k, "shortcut_statistic"].iloc[0]
     corner, mask = _region(samples, k, column, size)
-    return ("the border band" if corner is None else f"the {corner} corner"), mask
+    if corner is None:
+        return "the border band", mask
+    _, values = _region_values(samples, k, column)
+    tail, _ = _tail(values, samples["label"].to_numpy() == k, thresholds.tail_quantile)
+    mass, valid = heatmaps.to_mass(cams[tail])
+    if not valid.any():
+        return f"the {corner} corner", mask
+    mean = upsample(mass[valid].mean(axis=0)[None], size)[0]
+    hot = label_regions(mean >= 0.5 * mean.max())
+    hot = hot == hot.flat[int(np.argmax(mean))]
+    # A diffuse map has no hot spot worth the name: beyond four corner squares (a quarter of the image), keep the
+    # corner alone.
+    if (hot & ~mask).sum() == 0 or hot.sum() > 4 * mask.sum():
+        return f"the {corner} corner", mask
+    region = mask | hot
+    return f"the {corner} corner and its heatmaps' hot spot ({region.mean():.0%} of the image)", region
 
 
 def add_occlusion_evidence(classes: pd.DataFrame, k: int, region: str, result: OcclusionResult,

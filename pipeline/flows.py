@@ -369,8 +369,7 @@ def audit_flow(
     timings["findings_s"] = time.perf_counter() - tick
     detection = None
     if source.planted is not None:
-        detection = validation.detection_figures(tables.samples, tables.classes, tables.cams,
-                                                 tuple(model_info["input_size"]), source.planted["class_name"])
+        detection = validation.detection_figures(tables.samples, tables.classes, source.planted["class_name"])
 
     warnings = []
     if config.model is not None and source.split == "train":
@@ -422,7 +421,7 @@ def audit_flow(
         description="Classes of the audited split, with the shortcut evidence behind every flag",
     )
     logger.info("report written to %s", report_dir)
-    return AuditResult(report_dir, tables.samples, tables.classes, tables.meta)
+    return AuditResult(report_dir, tables.samples, tables.classes, tables.meta, tables.duplicates)
 
 
 def serve_schedule(name: str, cron: str, config: AuditConfig) -> None:

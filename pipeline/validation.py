@@ -5,10 +5,10 @@ Given the audit's tables and which samples carry the planted artifact, it answer
 - *Class level*: where does the planted class rank among the classes, ordered as the report orders them (flagged
   first, then by shortcut score)? Is it flagged, and is any clean class flagged too?
 - *Sample level*: does the audit's own per-sample score separate the stamped images from the clean ones? The score
-  is each sample's focus on the region the audit blames for the planted class (the border band, or the corner its
-  heatmaps favour: :func:`pipeline.findings.suspected_region`), so it uses what the audit found, not where the
-  artifact really is. Figures: AUROC of stamped versus all clean images, and precision at k, the share of stamped
-  images among the k highest scores (k = the number of stamped images, and k = 100).
+  is each sample's value of the planted class's shortcut statistic (its focus on the border band, or on the corner
+  the class's heatmaps favour: :func:`pipeline.findings.shortcut_values`), so it uses what the audit found, not
+  where the artifact really is. Figures: AUROC of stamped versus all clean images, and precision at k, the share
+  of stamped images among the k highest scores (k = the number of stamped images, and k = 100).
 - The ``uses_shortcut`` sample flag: its precision and recall for the stamped images.
 """
 
@@ -17,19 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import heatmaps
-from .findings import auroc, ranked_classes, suspected_region
-from .gradcam import upsample
-
-
-def region_focus_of_cams(cams: np.ndarray, size: tuple[int, int], region: np.ndarray,
-                         chunk: int = 1024) -> np.ndarray:
-    """Focus ratio on ``region`` (H, W) of each raw low-resolution CAM (N, h, w), upsampled to ``size``."""
-    parts = []
-    for i in range(0, len(cams), chunk):
-        mass, _ = heatmaps.to_mass(upsample(cams[i:i + chunk], size))
-        parts.append(heatmaps.region_focus(mass, region))
-    return np.concatenate(parts) if parts else np.zeros(0)
+from .findings import auroc, ranked_classes, shortcut_values
 
 
 def precision_at(scores: np.ndarray, positive: np.ndarray, k: int) -> float:
@@ -39,13 +27,11 @@ def precision_at(scores: np.ndarray, positive: np.ndarray, k: int) -> float:
     return float(positive[top].mean()) if len(top) else float("nan")
 
 
-def detection_figures(samples: pd.DataFrame, classes: pd.DataFrame, cams: np.ndarray, size: tuple[int, int],
-                      planted_class: str) -> dict:
+def detection_figures(samples: pd.DataFrame, classes: pd.DataFrame, planted_class: str) -> dict:
     """The detection figures of one audit of a source with a planted artifact (``samples["planted"]``)."""
     k = int(classes.loc[classes["class_name"] == planted_class, "class"].iloc[0])
     order = ranked_classes(classes)
-    region_name, region = suspected_region(samples, classes, k, size)
-    score = region_focus_of_cams(cams, size, region)
+    region_name, score = shortcut_values(samples, classes, k)
     stamped = samples["planted"].to_numpy(dtype=bool)
     mine = samples["label"].to_numpy() == k
     uses = samples["flags"].str.contains("uses_shortcut").to_numpy()

@@ -173,12 +173,24 @@ def test_empty_cams_are_flagged_and_left_out_of_class_means():
 
 def test_the_suspected_region_is_the_border_band_or_the_favoured_corner():
     tables = build(*table_with_border_class(2))
-    name, region = findings.suspected_region(tables.samples, tables.classes, 2, (32, 32))
+    name, region = findings.suspected_region(tables.samples, tables.classes, tables.cams, 2, (32, 32))
     assert name == "the border band" and (region == heatmaps.border_band(32, 32)).all()
     tables.classes.loc[2, "shortcut_statistic"] = "corner_focus"
     tables.samples.loc[tables.samples["label"] == 2, "corner_focus_bottom_right"] = 5.0
-    name, region = findings.suspected_region(tables.samples, tables.classes, 2, (32, 32))
+    name, region = findings.suspected_region(tables.samples, tables.classes, tables.cams, 2, (32, 32))
     assert name == "the bottom-right corner" and region[31, 31] and not region[0, 0] and region.sum() == 64
+
+
+def test_the_suspected_corner_grows_by_the_hot_spot_of_its_tail_images_heatmaps():
+    samples, probs = table_with_corner_subpopulation(1, share=0.3)
+    cams = np.full((len(samples), 8, 8), 0.01, dtype=np.float32)
+    tail = np.flatnonzero(samples["corner_focus_top_left"] == 6.0)
+    cams[tail, 0, 0:5] = 1.0  # a line of text from the corner to the middle of the top edge
+    tables = build(samples, probs, cams=cams)
+    name, region = findings.suspected_region(tables.samples, tables.classes, cams, 1, (32, 32))
+    corner = heatmaps.corner_regions(32, 32)[0]
+    assert name.startswith("the top-left corner and its heatmaps' hot spot")
+    assert (region & corner).sum() == corner.sum() and region[0, 17] and not region[20, 20] and not region[0, 30]
 
 
 def test_classes_rank_flagged_first_then_by_shortcut_score():

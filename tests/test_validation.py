@@ -6,27 +6,23 @@ from pipeline import findings, validation
 
 
 def planted_audit(n: int = 200, seed: int = 0):
-    """Four classes; half of class 1 carry an artifact in the top-left corner and their CAMs sit on it."""
+    """Four classes; half of class 1 carry an artifact in the top-left corner and look at it."""
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(4), n // 4)
     planted = (labels == 1) & (np.arange(n) % 2 == 0)
-    cams = rng.uniform(0.0, 0.1, (n, 8, 8)).astype(np.float32)
-    cams[:, 3:5, 3:5] += 1.0
-    cams[planted, :2, :2] += 3.0
     samples = pd.DataFrame({"sample_id": [f"s{i}" for i in range(n)], "label": labels, "planted": planted,
                             "flags": np.where(planted, "uses_shortcut", "")})
+    for corner in findings.heatmaps.CORNERS:
+        samples[findings.corner_column(corner)] = rng.uniform(0.5, 1.5, n)
+    samples.loc[planted, "corner_focus_top_left"] += 3.0
     classes = pd.DataFrame({"class": range(4), "class_name": list("abcd"), "flagged": [False, True, False, False],
-                            "shortcut_score": [0.1, 0.5, 0.3, 0.05], "shortcut_statistic": "corner_focus",
-                            "favoured_corner": "top-left"})
-    return samples, classes, cams
+                            "shortcut_score": [0.1, 0.5, 0.3, 0.05], "shortcut_statistic": "corner_focus"})
+    return samples, classes
 
 
-def test_a_found_artifact_ranks_first_and_its_samples_are_separated_by_focus_on_the_blamed_region():
-    samples, classes, cams = planted_audit()
-    for c in findings.heatmaps.CORNERS:
-        samples[findings.corner_column(c)] = 1.0
-    samples.loc[samples["planted"], "corner_focus_top_left"] = 5.0
-    figures = validation.detection_figures(samples, classes, cams, (32, 32), "b")
+def test_a_found_artifact_ranks_first_and_its_samples_are_separated_by_the_shortcut_statistic():
+    samples, classes = planted_audit()
+    figures = validation.detection_figures(samples, classes, "b")
     assert figures["rank"] == 1 and figures["flagged"] and figures["clean_classes_flagged"] == []
     assert figures["suspected_region"] == "the top-left corner"
     assert figures["sample_auroc"] == pytest.approx(1.0) and figures["precision_at_stamped"] == pytest.approx(1.0)
@@ -34,12 +30,18 @@ def test_a_found_artifact_ranks_first_and_its_samples_are_separated_by_focus_on_
     assert figures["stamped_samples"] == 25
 
 
+def test_the_score_is_measured_where_the_audit_looks_not_where_the_artifact_is():
+    samples, classes = planted_audit()
+    samples.loc[samples["label"] == 1, "corner_focus_bottom_right"] = 9.0  # the class favours another corner
+    figures = validation.detection_figures(samples, classes, "b")
+    assert figures["suspected_region"] == "the bottom-right corner"
+    assert figures["sample_auroc_within_class"] == 0.5  # stamped and clean images of the class tie there
+
+
 def test_a_missed_artifact_ranks_below_the_classes_flagged_instead():
-    samples, classes, cams = planted_audit()
-    for c in findings.heatmaps.CORNERS:
-        samples[findings.corner_column(c)] = 1.0
+    samples, classes = planted_audit()
     classes["flagged"] = [True, False, False, False]
-    figures = validation.detection_figures(samples, classes, cams, (32, 32), "b")
+    figures = validation.detection_figures(samples, classes, "b")
     assert figures["rank"] == 2 and not figures["flagged"] and figures["clean_classes_flagged"] == ["a"]
 
 
