@@ -74,8 +74,9 @@ def build_tables(
 
     scored = score_samples(samples.reset_index(drop=True), probs, class_names)
     classes = class_table(scored, class_names, image_size, thresholds)
+    regions = {}
     for k in classes.loc[classes["candidate"], "class"]:
-        region_name, region = suspected_region(scored, classes, cams, k, image_size, thresholds)
+        region_name, region = regions[k] = suspected_region(scored, classes, cams, k, image_size, thresholds)
         if occlusion is None:
             row = classes.index[classes["class"] == k][0]
             classes.loc[row, "flagged"] = True
@@ -92,7 +93,7 @@ def build_tables(
             clusters[k] = spray(mass[mine])
             cluster_column[mine] = clusters[k].labels
     scored["cam_cluster"] = cluster_column
-    add_cluster_evidence(classes, clusters, image_size)
+    add_cluster_evidence(classes, clusters, regions)
     scored["flags"] = flag_samples(scored, classes, thresholds)
     scored["relabel_reason"] = relabel_reasons(scored)
     means = class_mean_cams(cams, labels, len(class_names))
@@ -383,9 +384,10 @@ def add_occlusion_evidence(classes: pd.DataFrame, k: int, region: str, result: O
     classes.loc[row, "evidence"] = sentence + "."
 
 
-def add_cluster_evidence(classes: pd.DataFrame, clusters: dict, image_size: tuple[int, int]) -> None:
+def add_cluster_evidence(classes: pd.DataFrame, clusters: dict, regions: dict) -> None:
     """For each flagged class, name the SpRAy cluster whose mean heatmap is most focused on the suspected region
-    (columns ``spray_clusters``, ``shortcut_cluster``, ``shortcut_cluster_share``, ``shortcut_cluster_focus``)."""
+    (``regions``: class -> (name, boolean (H, W) mask), from :func:`suspected_region`); columns ``spray_clusters``,
+    ``shortcut_cluster``, ``shortcut_cluster_share``, ``shortcut_cluster_focus``."""
     classes["spray_clusters"] = [clusters[k].count if k in clusters else 0 for k in classes["class"]]
     classes["shortcut_cluster"] = -1
     classes["shortcut_cluster_share"] = np.nan
@@ -393,21 +395,20 @@ def add_cluster_evidence(classes: pd.DataFrame, clusters: dict, image_size: tupl
     for row in classes.index[classes["flagged"]]:
         k = classes.loc[row, "class"]
         found = clusters.get(k)
-        if found is None or found.count < 2:
+        if found is None or found.count < 2 or k not in regions:
             continue
-        column = classes.loc[row, "shortcut_statistic"]
-        corner = None if column == "border_focus" else classes.loc[row, "favoured_corner"]
-        h, w = found.mean_maps.shape[1:]
-        region = heatmaps.border_band(h, w) if corner is None else \
-            heatmaps.corner_regions(h, w)[heatmaps.CORNERS.index(corner)]
-        focus = heatmaps.region_focus(found.mean_maps, region)
+        name, region = regions[k]
+        mass, _ = heatmaps.to_mass(upsample(found.mean_maps, region.shape))
+        focus = heatmaps.region_focus(mass, region)
         best = int(np.nanargmax(focus))
         share = float((found.labels == best).sum() / max((found.labels >= 0).sum(), 1))
         classes.loc[row, ["shortcut_cluster", "shortcut_cluster_share", "shortcut_cluster_focus"]] = \
             [best, share, float(focus[best])]
+        others = np.delete(focus, best)
         classes.loc[row, "evidence"] = classes.loc[row, "evidence"].rstrip(".") + (
             f"; SpRAy splits the class's heatmaps into {found.count} clusters, and the one of {share:.0%} of its "
-            f"images has {focus[best]:.1f}x the even share of heatmap there."
+            f"images puts {focus[best] * region.mean():.0%} of its mean heatmap on {name.split(' (')[0]} "
+            f"(the other clusters: {np.nanmax(others) * region.mean():.0%} at most)."
         )
 
 
