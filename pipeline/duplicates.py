@@ -90,7 +90,7 @@ def find_duplicates(
     embeddings_b=None,
     digests_b=None,
     min_similarity: float = 0.97,
-    chunk: int = 2048,
+    chunk: int = 1024,
     centre: bool = True,
     signatures_a=None,
     signatures_b=None,
