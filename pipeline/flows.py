@@ -18,7 +18,6 @@ from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -32,7 +31,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
 from . import duplicates, findings, models, occlusion, report, samples, validation
-from ._hashing import sample_hash
 from .artifacts import Artifact
 from .config import AuditConfig, AuditResult
 from .datasets import Source, SourceSpec, SyntheticSource, TfdsSource, open_source, spec_for
@@ -145,8 +143,7 @@ def prepare_model(config: AuditConfig) -> dict:
         images, labels, ids = train.arrays(size)
         key = f"{train.fingerprint}-{size}"
         if config.train_limit and len(labels) > config.train_limit:
-            # A fixed pseudo-random subset (by a hash of the seed and the sample id), about stratified by class.
-            keep = np.sort(np.argsort(sample_hash(ids, f"train-subset:{config.seed}"))[:config.train_limit])
+            keep = models.training_subset(ids, config.train_limit, config.seed)
             images, labels, ids = images[keep], labels[keep], ids[keep]
             key += f"-limit{config.train_limit}"
             logger.info("training on a random subset of %d of the split's images (--train-limit)", len(labels))

@@ -74,6 +74,12 @@ def cross_fit_folds(sample_ids: np.ndarray, k: int, seed: int = 0) -> np.ndarray
     return (sample_hash(sample_ids, str(seed)) % np.uint64(k)).astype(np.int64)
 
 
+def training_subset(sample_ids: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
+    """Indices (sorted) of a fixed pseudo-random subset of ``limit`` samples: the lowest hashes of the seed and the
+    sample id, so the same ids give the same subset in every run; classes keep about their shares."""
+    return np.sort(np.argsort(sample_hash(sample_ids, f"train-subset:{seed}"), kind="stable")[:limit])
+
+
 def build_transfer_model(input_size: tuple[int, int], num_classes: int, weights: str | None) -> keras.Model:
     """MobileNetV2 (alpha 0.35) from ``keras.applications`` with a new softmax head, for photos.
 

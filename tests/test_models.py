@@ -139,3 +139,12 @@ def test_blanking_the_region_a_model_relies_on_drops_only_its_class_accuracy():
     blanked = occlusion.blank(images[:2].astype(np.float32), corner)
     assert np.allclose(blanked[:, corner], blanked[:, corner][:, :1])
     assert (blanked[:, ~corner] == images[:2][:, ~corner]).all()
+
+
+def test_a_training_subset_is_fixed_by_the_seed_and_keeps_the_class_shares():
+    ids = np.array([f"train/{'ab'[i % 2]}/{i:05d}.jpg" for i in range(2000)])
+    first = models.training_subset(ids, 500, seed=0)
+    assert len(first) == 500 and (np.diff(first) > 0).all()
+    assert (models.training_subset(ids, 500, seed=0) == first).all()
+    assert (models.training_subset(ids, 500, seed=1) != first).any()
+    assert abs((first % 2 == 0).mean() - 0.5) < 0.06
