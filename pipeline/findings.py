@@ -32,6 +32,7 @@ from . import heatmaps
 from .config import Thresholds
 from .gradcam import upsample
 from .occlusion import OcclusionResult
+from .spray import spray
 
 #: Statistics that can reveal a shortcut; each measures one region (the border band, the favoured corner).
 SHORTCUT_STATISTICS = ("border_focus", "corner_focus")
@@ -70,8 +71,6 @@ def build_tables(
     ``occlusion`` runs the causal check of each candidate class; without it (unit tests, dry runs) candidates are
     flagged on the statistics alone and their evidence says no causal check was made.
     """
-    from .spray import spray  # scikit-learn is imported only when findings are computed
-
     scored = score_samples(samples.reset_index(drop=True), probs, class_names)
     classes = class_table(scored, class_names, image_size, thresholds)
     regions = {}
