@@ -93,6 +93,9 @@ class AuditConfig:
             raise AuditError(f"--workers must be at least 1, got {self.workers}")
         if self.workers and self.dask_address:
             raise AuditError("give --workers (a local cluster) or --dask-address (an existing one), not both")
+        if self.artifact and self.model is not None:
+            raise AuditError("validate trains a reference model on the planted data; it cannot use --model (a model "
+                             "that never saw the artifact has no shortcut to find)")
         if self.weights and self.model is not None:
             raise AuditError("--weights chooses the reference model's weights; it cannot be combined with --model")
 

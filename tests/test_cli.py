@@ -37,6 +37,7 @@ def test_the_console_script_and_python_m_both_answer():
         (["validate", "demo", "--artifact", "corner", "--class", "zebra"], "class 'zebra' is not in the dataset"),
         (["validate", "demo", "--artifact", "stamp", "--rate", "2"], "--rate must be in (0, 1]"),
         (["demo", "--threshold", "min_tail=0.3"], "unknown threshold(s) min_tail; known: min_focus_ratio"),
+        (["validate", "demo", "--artifact", "frame", "--model", "m.keras"], "it cannot use --model"),
     ],
 )
 def test_user_errors_exit_2_with_one_line_and_no_traceback(argv, message, capsys):
