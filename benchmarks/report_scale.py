@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 from playwright.sync_api import sync_playwright
 
-from pipeline import findings, report
+from pipeline import findings, heatmaps, report
 from pipeline.datasets import SourceSpec, open_source
+from pipeline.gradcam import upsample
 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
@@ -34,20 +35,25 @@ def fabricated_tables(n: int) -> tuple:
     rng = np.random.default_rng(0)
     k = len(source.class_names)
     probs = rng.dirichlet(np.ones(k) * 0.3, n).astype(np.float32)
+    cams = rng.gamma(1.0, 1.0, (n, 8, 8)).astype(np.float32)
+    mass, valid = heatmaps.to_mass(upsample(cams, (32, 32)))
     samples = pd.DataFrame({
         "sample_id": source.sample_ids, "label": source.labels, "pred": probs.argmax(1), "confidence": probs.max(1),
-        "label_prob": probs[np.arange(n), source.labels], "border_focus": rng.gamma(4, 0.1, n),
-        "corner_focus": rng.gamma(4, 0.2, n), "focus_corner": "top-left", "background_attention": rng.uniform(0, 1, n),
-        "concentration": rng.uniform(0, 0.3, n), "cam_valid": True,
+        "label_prob": probs[np.arange(n), source.labels], "cam_valid": valid,
+        **heatmaps.summarise(mass, source.masks),
     })
-    cams = rng.uniform(0, 1, (n, 8, 8)).astype(np.float32)
     tables = findings.build_tables(samples, probs, cams, source.class_names, (32, 32), findings.Thresholds())
+    # As many duplicate pairs as a CIFAR-10 audit finds (about 180), so the page carries that section too.
+    pairs = rng.choice(n, (180, 2), replace=False)
+    tables.duplicates = pd.DataFrame({"sample_id_a": source.sample_ids[pairs[:, 0]], "split_a": "test",
+                                      "sample_id_b": source.sample_ids[pairs[:, 1]], "split_b": "test",
+                                      "similarity": rng.uniform(0.9, 1.0, 180), "kind": "near"})
     tables.meta = {
         "run_id": "scale", "created": "now", "dataset": source.describe(),
         "model": {"name": "m", "origin": "fabricated", "layer": "l", "fingerprint": "x"},
         "config": {"method": "gradcam"}, "results": {"accuracy": 0.5, "samples": n}, "skipped": [], "warnings": [],
         "thresholds": findings.Thresholds().as_dict(), "versions": {"gradcam-audit": "bench"},
-        "timings": {"total_s": 0.0},
+        "timings": {"total_s": 0.0}, "validation": None,
     }
     return source, tables
 
