@@ -30,7 +30,7 @@ def _positive(text: str) -> int:
 
 
 def _threshold(text: str) -> tuple[str, float]:
-    name, sep, value = text.partition("=")
+    name, _, value = text.partition("=")
     try:
         return name.strip(), float(value)
     except ValueError:
@@ -245,11 +245,17 @@ def _apply_review(args: argparse.Namespace) -> None:
     print(f"corrections: {corrections.csv_path} and {corrections.json_path}")
 
 
+def _audit_options(args: argparse.Namespace, *extra: str) -> dict:
+    """The parsed arguments as audit options (``--threshold`` pairs as a dict), without the command's own."""
+    options = {k: v for k, v in vars(args).items() if k not in ("command", *extra)}
+    options["thresholds"] = dict(options["thresholds"]) if options["thresholds"] else None
+    return options
+
+
 def _schedule(args: argparse.Namespace) -> None:
     from .flows import serve_schedule
 
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "name", "cron")}
-    options["thresholds"] = dict(options["thresholds"]) if options["thresholds"] else None
+    options = _audit_options(args, "name", "cron")
     if options.get("out"):
         raise AuditError("a schedule writes a new report each run: drop --out")
     serve_schedule(args.name, args.cron, AuditConfig(**options))
@@ -292,8 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "schedule":
             _schedule(args)
             return 0
-        options = {k: v for k, v in vars(args).items() if k != "command"}
-        options["thresholds"] = dict(options["thresholds"]) if options["thresholds"] else None
+        options = _audit_options(args)
         if args.command == "demo":
             options["dataset"] = "demo"
         if args.command == "validate":
