@@ -224,18 +224,19 @@ def write_report(out_dir: Path, source: Source, tables: AuditTables, gallery_siz
 def _write_report_files(tmp: Path, assets: Path, source: Source, tables: AuditTables, gallery_size: int,
                         history: dict | None, report_name: str, other: Source | None) -> None:
     samples, classes = tables.samples, tables.classes
-    samples.to_parquet(tmp / "samples.parquet", index=False)
-    samples.to_csv(tmp / "samples.csv", index=False, float_format="%.6g")
+    # The parquet file keeps full precision; the CSV, for reading and spreadsheets, 4 significant digits.
+    samples.to_parquet(tmp / "samples.parquet", index=False, compression="zstd")
+    samples.to_csv(tmp / "samples.csv", index=False, float_format="%.4g")
     classes.to_csv(tmp / "classes.csv", index=False, float_format="%.6g")
     pairs = tables.duplicates if tables.duplicates is not None else pd.DataFrame(columns=DUPLICATE_COLUMNS)
     pairs.to_csv(tmp / "duplicates.csv", index=False, float_format="%.6g")
     (tmp / "audit.json").write_text(json.dumps(tables.meta, indent=2, default=str))
-    # Each CAM scaled to a peak of 1 and kept as float16: every use of them (overlays, class means, clustering) is
-    # scale-free, and it halves the file.
+    # Each CAM scaled to a peak of 255 and kept as uint8: overlays, class means and clustering are scale-free and
+    # need no finer steps; the statistics in the tables were computed from the full-precision maps.
     peak = np.nanmax(tables.cams, axis=(1, 2), keepdims=True)
     scaled = np.divide(tables.cams, peak, out=np.zeros_like(tables.cams), where=np.isfinite(peak) & (peak > 0))
     np.savez_compressed(tmp / "cams.npz", sample_id=samples["sample_id"].to_numpy(dtype=str),
-                        cam=np.nan_to_num(scaled).astype(np.float16))
+                        cam=np.round(255 * np.nan_to_num(scaled)).astype(np.uint8))
     for name in ("report.css", "report.js"):
         shutil.copyfile(templates_dir() / "static" / name, assets / name)
 
