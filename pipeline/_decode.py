@@ -76,10 +76,16 @@ def decode_careful(path: Path) -> np.ndarray:
         raise Unreadable(f"undecodable: {err}") from None
 
 
-def resize(images: np.ndarray | tf.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """Resize a batch (N, H, W, 3) or one image (H, W, 3) to ``size`` by :data:`RESIZE_POLICY`; uint8."""
+def resize_tensor(images: np.ndarray | tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """Resize a batch (N, H, W, 3) or one image (H, W, 3) to ``size`` by :data:`RESIZE_POLICY`, as a uint8 tensor
+    (usable inside tf.data pipelines)."""
     resized = tf.image.resize(images, size, method="bilinear", antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8).numpy()
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+
+def resize(images: np.ndarray | tf.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """:func:`resize_tensor` as a numpy array."""
+    return resize_tensor(images, size).numpy()
 
 
 def resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:

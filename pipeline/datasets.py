@@ -242,15 +242,11 @@ class FolderSource(Source):
         return Batch(batch.images, batch.labels, batch.sample_ids, foreground, kind, None, batch.skipped)
 
     def _fast_decoder(self, size: tuple[int, int]):
-        def resize(image):
-            image = tf.image.resize(image, size, method="bilinear", antialias=True)
-            return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-
         def decode(path, index):
             image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
             image.set_shape([None, None, 3])
             same = tf.reduce_all(tf.shape(image)[:2] == size)
-            return tf.cond(same, lambda: image, lambda: resize(image)), index
+            return tf.cond(same, lambda: image, lambda: _decode.resize_tensor(image, size)), index
         return decode
 
     def batches(self, size, batch_size, start=0, stop=None):
@@ -364,9 +360,7 @@ class TfdsSource(Source):
             image = record[self.image_key]
             if image.dtype == tf.string:
                 image = tf.io.decode_image(image, channels=3, expand_animations=False)
-            image = tf.image.resize(image, size, method="bilinear", antialias=True)
-            return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), record[self.label_key], \
-                record["tfds_id"]
+            return _decode.resize_tensor(image, size), record[self.label_key], record["tfds_id"]
         return decode
 
     def batches(self, size, batch_size, start=0, stop=None):

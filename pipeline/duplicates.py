@@ -209,6 +209,11 @@ def find_duplicates(
     return pairs.reset_index(drop=True)
 
 
+def pair_counts(pairs: pd.DataFrame) -> list[dict]:
+    """How many pairs of each kind between each two splits: ``[{"kind", "split_a", "split_b", "pairs"}, ...]``."""
+    return pairs.groupby(["kind", "split_a", "split_b"]).size().reset_index(name="pairs").to_dict(orient="records")
+
+
 def _centred(embeddings_a, embeddings_b):
     """Both sets minus the mean of A's finite rows (unchanged when A is not a non-empty 2-D array, so that
     :func:`_checked` reports the problem)."""

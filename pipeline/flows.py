@@ -70,6 +70,12 @@ def training_split(source: Source) -> str:
     return "train" if source.split != "all" and (root / "train").is_dir() else source.split
 
 
+def other_training_split(config: AuditConfig, audited: Source) -> Source | None:
+    """The training split when it is not the audited one (duplicates across splits are leakage), else None."""
+    split = training_split(audited)
+    return open_source(source_spec(config, split=split)) if split != audited.split else None
+
+
 def default_out_dir(source: Source, now: datetime) -> Path:
     """``reports/demo-<time>`` for the demo, ``reports/<dataset>-<split>-<time>`` otherwise."""
     stamp = now.strftime("%Y%m%d-%H%M%S")
@@ -233,9 +239,8 @@ def find_duplicates(spec: SourceSpec, model_paths: list[str], config: AuditConfi
     options = {"min_similarity": thresholds.min_duplicate_similarity,
                "min_pixel_correlation": thresholds.min_pixel_correlation}
     found = [duplicates.find_duplicates(ids, audited.split, embeddings, digests, signatures_a=signatures, **options)]
-    train_split = training_split(audited)
-    if train_split != audited.split:
-        train = open_source(source_spec(config, split=train_split))
+    train = other_training_split(config, audited)
+    if train is not None:
         logger.info("looking for duplicates of the %d audited samples among the %d of %s/%s", len(ids), len(train),
                     train.name, train.split)
         train_ids, train_embeddings, train_digests, train_signatures = samples.embed(train, explainer, image_size,
@@ -249,9 +254,7 @@ def find_duplicates(spec: SourceSpec, model_paths: list[str], config: AuditConfi
 @task(cache_policy=NO_CACHE)
 def write_report(out: Path, config: AuditConfig, tables: findings.AuditTables) -> Path:
     source = open_source(source_spec(config))
-    train_split = training_split(source)
-    other = open_source(source_spec(config, split=train_split)) if train_split != source.split else None
-    return report.write_report(out, source, tables, config.gallery_size, other)
+    return report.write_report(out, source, tables, config.gallery_size, other_training_split(config, source))
 
 
 def task_runner(config: AuditConfig):
@@ -388,8 +391,7 @@ def audit_flow(
         "results": {"samples": len(tables.samples),
                     "accuracy": float((tables.samples["label"] == tables.samples["pred"]).mean()),
                     "flagged_classes": tables.classes.loc[tables.classes["flagged"], "class_name"].tolist(),
-                    "duplicates": tables.duplicates.groupby(["kind", "split_a", "split_b"]).size()
-                    .reset_index(name="pairs").to_dict(orient="records")},
+                    "duplicates": duplicates.pair_counts(tables.duplicates)},
         "thresholds": thresholds.as_dict(),
         "validation": detection,
         "skipped": skipped,

@@ -55,18 +55,18 @@ class CamBatch:
     embedding: np.ndarray  # (B, D) penultimate-layer activations (the input of the last Dense layer)
 
 
-def _walk(model: keras.Model):
+def walk_layers(model: keras.Model):
     """Every layer of ``model``, descending into nested models, in model order."""
     for layer in model.layers:
         yield layer
         if isinstance(layer, keras.Model):
-            yield from _walk(layer)
+            yield from walk_layers(layer)
 
 
 def spatial_layers(model: keras.Model) -> list[str]:
     """Names of the layers whose output is a spatial map (rank 4 with H, W > 1), nested models included."""
     names = []
-    for layer in _walk(model):
+    for layer in walk_layers(model):
         if isinstance(layer, keras.Model):
             continue
         try:
@@ -92,7 +92,7 @@ def find_target_layer(model: keras.Model, name: str | None = None) -> keras.laye
     if name is not None and name not in candidates:
         raise AuditError(f"--layer {name!r} is not a spatial layer of the model; candidates: {', '.join(candidates)}")
     wanted = name or candidates[-1]
-    return next(layer for layer in _walk(model) if layer.name == wanted)
+    return next(layer for layer in walk_layers(model) if layer.name == wanted)
 
 
 def _linear_copy(layer: keras.layers.Layer) -> keras.layers.Layer:
@@ -156,7 +156,7 @@ def _expose(model: keras.Model, target: keras.layers.Layer, inputs: keras.KerasT
         acts, *outputs = keras.Model(model.inputs[0], [target.output, *model.outputs])(inputs)
         return acts, outputs
     child = next(layer for layer in model.layers if isinstance(layer, keras.Model)
-                 and any(inner is target for inner in _walk(layer)))
+                 and any(inner is target for inner in walk_layers(layer)))
     captured = []
 
     def through_child(*args, **kwargs):

@@ -92,7 +92,10 @@ def corner_focus(mass: np.ndarray, fraction: float = CORNER_FRACTION) -> tuple[n
     focus : float (N,)
     corner : int (N,), an index into :data:`CORNERS`.
     """
-    per_corner = corner_focus_each(mass, fraction)
+    return _largest_corner(corner_focus_each(mass, fraction))
+
+
+def _largest_corner(per_corner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     corner = np.nanargmax(np.where(np.isnan(per_corner), -np.inf, per_corner), axis=1)
     return per_corner.max(axis=1), corner
 
@@ -136,7 +139,7 @@ def centre_of_mass(mass: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def summarise(mass: np.ndarray, foreground: np.ndarray) -> dict[str, np.ndarray]:
     """All per-sample statistics of a batch, as columns for the samples table."""
     each = corner_focus_each(mass)
-    corner, which = corner_focus(mass)
+    corner, which = _largest_corner(each)
     com_row, com_col = centre_of_mass(mass)
     peak_row, peak_col = peak(mass)
     return {

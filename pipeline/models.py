@@ -19,6 +19,7 @@ import tensorflow as tf
 from ._hashing import sample_hash
 from .config import PREPROCESSING
 from .errors import AuditError
+from .gradcam import walk_layers
 
 
 @dataclass(frozen=True)
@@ -154,10 +155,7 @@ def preprocess_function(name: str) -> Callable[[tf.Tensor], tf.Tensor]:
 
 def has_own_preprocessing(model: keras.Model) -> bool:
     """True when a Rescaling or Normalization layer comes before the first convolution (nested models included)."""
-    def walk(m):
-        for layer in m.layers:
-            yield from walk(layer) if isinstance(layer, keras.Model) else (layer,)
-    for layer in walk(model):
+    for layer in walk_layers(model):
         if isinstance(layer, keras.layers.Rescaling | keras.layers.Normalization):
             return True
         if isinstance(layer, keras.layers.Conv2D | keras.layers.DepthwiseConv2D | keras.layers.Dense):

@@ -24,6 +24,7 @@ from matplotlib import pyplot as plt  # noqa: E402
 
 from .datasets import Source
 from .duplicates import COLUMNS as DUPLICATE_COLUMNS
+from .duplicates import pair_counts
 from .errors import AuditError
 from .findings import AuditTables, corner_column
 from .gradcam import upsample
@@ -153,8 +154,6 @@ def _duplicate_pairs(pairs: pd.DataFrame | None, sources: dict[str, Source], ass
     """Counts of duplicate pairs by kind and splits, and the first ``limit`` pairs with both pictures."""
     if pairs is None or pairs.empty:
         return {"counts": [], "pairs": [], "total": 0}
-    counts = (pairs.groupby(["kind", "split_a", "split_b"]).size().reset_index(name="pairs")
-              .to_dict(orient="records"))
     shown = []
     for i, row in enumerate(pairs.head(limit).itertuples(index=False)):
         pictures = {}
@@ -163,7 +162,7 @@ def _duplicate_pairs(pairs: pd.DataFrame | None, sources: dict[str, Source], ass
             _display(sources[split].load([sample_id])[0]).save(assets / name)
             pictures[side] = f"assets/{name}"
         shown.append({**row._asdict(), "image_a": pictures["a"], "image_b": pictures["b"]})
-    return {"counts": counts, "pairs": shown, "total": len(pairs)}
+    return {"counts": pair_counts(pairs), "pairs": shown, "total": len(pairs)}
 
 
 def _finding_sets(samples: pd.DataFrame, classes: pd.DataFrame) -> dict[str, set[str]]:
