@@ -27,7 +27,8 @@ import numpy as np
 from PIL import Image
 
 from pipeline import _decode, foreground, heatmaps, models
-from pipeline.gradcam import GradCAM, upsample
+from pipeline.gradcam import GradCAM
+from pipeline.heatmaps import upsample
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "oxford_pets_subset"
 

@@ -24,7 +24,7 @@ from playwright.sync_api import sync_playwright
 
 from pipeline import findings, heatmaps, report
 from pipeline.datasets import SourceSpec, open_source
-from pipeline.gradcam import upsample
+from pipeline.heatmaps import upsample
 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]

@@ -12,10 +12,11 @@ from .errors import AuditError
 __all__ = ["AuditConfig", "AuditError", "AuditResult", "audit"]
 
 
-def audit(dataset: str = "demo", split: str | None = None, **options) -> AuditResult:
+def audit(dataset: str = "demo", split: str | None = None, *, progress=None, **options) -> AuditResult:
     """Audit every sample of ``split`` of ``dataset`` and write its report.
 
-    ``options`` are the fields of :class:`AuditConfig` (``model``, ``layer``, ``batch_size``, ``out``, ...).
+    ``options`` are the fields of :class:`AuditConfig` (``model``, ``layer``, ``batch_size``, ``out``, ...);
+    ``progress``, if given, is called as ``progress(samples_done, total, images_per_second)`` after every shard.
     Returns an :class:`AuditResult` with the report directory and the ``samples`` and ``classes`` DataFrames.
     Raises :class:`AuditError` for a mistake in the options or the inputs.
     """
@@ -30,11 +31,12 @@ def audit(dataset: str = "demo", split: str | None = None, **options) -> AuditRe
         raise AuditError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     config = AuditConfig(dataset=dataset, split=split, **options)
     apply_environment_defaults()
-    from .flows import audit_flow, check_config, default_out_dir, task_runner
+    from .flows import audit_flow, task_runner
+    from .runs import check_config, default_out_dir
 
     source = check_config(config)  # user errors surface here, before Prefect starts
     if config.out is None:
         config = dataclasses.replace(config, out=str(default_out_dir(source, datetime.now())))
     runner = task_runner(config)
     flow = audit_flow if runner is None else audit_flow.with_options(task_runner=runner)
-    return flow(**config.as_dict())
+    return flow(**config.as_dict(), progress=progress)

@@ -69,6 +69,13 @@ class Artifact:
         return np.round(images * (1.0 - alpha) + colour[None] * alpha).astype(np.uint8)
 
 
+def checkerboard(side: int) -> np.ndarray:
+    """The corner mark's picture: a ``side`` x ``side`` 2x2 checkerboard of magenta and yellow, float RGB (s, s, 3)."""
+    half = max(side // 2, 1)
+    checker = (np.arange(side)[:, None] // half + np.arange(side)[None, :] // half) % 2
+    return np.where(checker[..., None] == 0, [255.0, 0.0, 255.0], [255.0, 255.0, 0.0])
+
+
 def _corner_origin(position: str, height: int, width: int, h: int, w: int) -> tuple[int, int]:
     top = 0 if position.startswith("top") else height - h
     left = 0 if position.endswith("left") else width - w
@@ -84,10 +91,7 @@ def _layer(artifact: Artifact, height: int, width: int) -> tuple[np.ndarray, np.
     if artifact.kind == "corner":
         s = max(2, int(round(artifact.size * side)))
         top, left = _corner_origin(artifact.position, height, width, s, s)
-        half = max(s // 2, 1)
-        checker = (np.arange(s)[:, None] // half + np.arange(s)[None, :] // half) % 2
-        colour[top:top + s, left:left + s] = np.where(checker[..., None] == 0, [255.0, 0.0, 255.0],
-                                                      [255.0, 255.0, 0.0])
+        colour[top:top + s, left:left + s] = checkerboard(s)
         alpha[top:top + s, left:left + s] = 1.0
     elif artifact.kind == "frame":
         k = max(1, int(round(artifact.size * side)))

@@ -9,12 +9,9 @@ import argparse
 import logging
 import sys
 
+from . import AuditError, artifacts, audit
+from .config import CAM_METHODS, PREPROCESSING, AuditConfig, Thresholds
 from .settings import apply_environment_defaults
-
-apply_environment_defaults()  # before anything imports TensorFlow or Prefect
-
-from . import AuditError, artifacts, audit  # noqa: E402
-from .config import PREPROCESSING, AuditConfig, Thresholds  # noqa: E402
 
 DEFAULTS = AuditConfig()
 
@@ -60,8 +57,9 @@ def _add_audit_options(parser: argparse.ArgumentParser) -> None:
                         help="run shards on an existing Dask cluster (its scheduler's address)")
     parser.add_argument("--layer", metavar="NAME",
                         help="Grad-CAM target layer (default: the last layer with a spatial output)")
-    parser.add_argument("--method", choices=["gradcam", "gradcam++", "hirescam"], default=DEFAULTS.method,
-                        help="how channel weights are computed (default: %(default)s)")
+    parser.add_argument("--method", choices=list(CAM_METHODS), default=DEFAULTS.method,
+                        help="how channel weights are computed: " + "; ".join(CAM_METHODS.values())
+                             + " (default: %(default)s)")
     parser.add_argument("--batch-size", type=_positive, default=DEFAULTS.batch_size, metavar="N",
                         help="images per Grad-CAM batch (default: %(default)s)")
     parser.add_argument("--shard-size", type=_positive, default=DEFAULTS.shard_size, metavar="N",
@@ -71,8 +69,8 @@ def _add_audit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, metavar="N",
                         help="seed of data generation and training (default: %(default)s)")
     parser.add_argument("--epochs", type=_positive, metavar="N",
-                        help="reference-model training epochs (default: 8; 15, with a wider CNN, from 10,000 "
-                             "training images)")
+                        help="reference-model training epochs (default: by the training set's size, see the "
+                             "README's 'Models')")
     parser.add_argument("--train-limit", type=_positive, metavar="N",
                         help="reference models: train on a fixed random subset of at most N images of the training "
                              "split (faster, less accurate; default: all)")
@@ -225,14 +223,10 @@ def _audit_with_progress(options: dict):
     """Run the audit; on a terminal, with a live progress bar under Prefect's log lines."""
     if not sys.stderr.isatty():
         return audit(**options)
-    from .flows import PROGRESS_LISTENERS
-
     bar = _ProgressBar()
-    PROGRESS_LISTENERS.append(bar)
     try:
-        return audit(**options)
+        return audit(**options, progress=bar)
     finally:
-        PROGRESS_LISTENERS.remove(bar)
         bar.close()
 
 
@@ -269,7 +263,7 @@ def _planted_options(options: dict) -> dict:
     planted = {name: options.pop(name) for name in ARTIFACT_OPTIONS}
     if planted["class_name"] is None:
         from .datasets import open_source
-        from .flows import source_spec
+        from .runs import source_spec
 
         planted["class_name"] = open_source(source_spec(AuditConfig(**options))).class_names[0]
     planted["kind"] = planted.pop("artifact")
@@ -291,6 +285,7 @@ def _print_detection(figures: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    apply_environment_defaults()  # before anything imports TensorFlow or Prefect
     try:
         if args.command == "apply-review":
             _apply_review(args)

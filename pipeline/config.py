@@ -19,6 +19,14 @@ PREPROCESSING = {
     "imagenet-torch": "pixels / 255 minus the ImageNet means over the ImageNet stds (DenseNet, PyTorch ports)",
 }
 
+#: Grad-CAM methods by name (``--method``). They differ only in how a channel's weight is computed from its
+#: activations and gradients; :data:`pipeline.gradcam.METHODS` implements each of them.
+CAM_METHODS = {
+    "gradcam": "Grad-CAM: the gradient averaged over the positions (Selvaraju et al. 2017)",
+    "gradcam++": "Grad-CAM++: positive gradients weighted per position (Chattopadhay et al. 2018)",
+    "hirescam": "HiResCAM: the gradient itself, position by position (Draelos & Carin 2020)",
+}
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -63,7 +71,7 @@ class AuditConfig:
     shard_size: int = 2048
     out: str | None = None  # report directory; None means reports/<dataset>-<split>-<time>
     seed: int = 0
-    epochs: int | None = None  # reference-model training epochs; None: 8, or 15 from 10,000 training images
+    epochs: int | None = None  # reference-model training epochs; None: by training-set size (models.reference_recipe)
     train_limit: int | None = None  # reference models: train on at most this many images (a fixed random subset)
     train_size: int = 3000  # demo dataset only
     test_size: int = 1000  # demo dataset only
@@ -83,6 +91,8 @@ class AuditConfig:
         for name in ("batch_size", "shard_size", "epochs", "train_limit", "train_size", "test_size", "gallery_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise AuditError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.method not in CAM_METHODS:
+            raise AuditError(f"unknown Grad-CAM method {self.method!r}; choose from {', '.join(CAM_METHODS)}")
         if self.cross_fit == 1 or self.cross_fit < 0:
             raise AuditError(f"--cross-fit needs at least 2 folds, got {self.cross_fit}")
         if self.cross_fit and self.model is not None:

@@ -89,6 +89,14 @@ class Source:
             ids.append(batch.sample_ids)
         return np.concatenate(images), np.concatenate(labels), np.concatenate(ids)
 
+    def training_split(self) -> str:
+        """The split a reference model for this source trains on: the audited split itself, unless the source has a
+        separate training split (then its subclass says so)."""
+        return self.split
+
+    #: Whether reference models train with random flips and shifts (the demo set says no, see SyntheticSource).
+    augments_training: bool = True
+
     def describe(self) -> dict:
         return {"name": self.name, "split": self.split, "kind": self.spec.kind, "samples": len(self),
                 "classes": list(self.class_names), "fingerprint": self.fingerprint, "planted": self.planted,
@@ -124,6 +132,13 @@ class SyntheticSource(Source):
         self.planted = None if mark is None else mark.as_dict() | {
             "marked_samples": int(data.marked.sum()),
             "class_samples": int((data.labels == synthetic.SHAPES.index(spec.planted_class)).sum())}
+
+    #: The demo trains like a careless pipeline, without flips and shifts that would move its planted mark, so the
+    #: model is free to learn the shortcut the audit is meant to find.
+    augments_training = False
+
+    def training_split(self) -> str:
+        return "train"
 
     def batches(self, size, batch_size, start=0, stop=None):
         stop = len(self) if stop is None else min(stop, len(self))
@@ -214,6 +229,10 @@ class FolderSource(Source):
         self.masks = Path(spec.masks) if spec.masks else None
         if self.masks is not None and not self.masks.is_dir():
             raise AuditError(f"mask folder {spec.masks!r} does not exist")
+
+    def training_split(self) -> str:
+        """``train`` when the folder has split folders and one of them is ``train``; else the audited split."""
+        return "train" if self.split != "all" and (self.root / "train").is_dir() else self.split
 
     def _mask(self, index: int) -> np.ndarray | None:
         path = Path(self.paths[index])
@@ -339,6 +358,9 @@ class TfdsSource(Source):
         shape = features[self.image_key].shape
         self.natural_size = tuple(shape[:2]) if None not in shape[:2] else None
 
+    def training_split(self) -> str:
+        return "train"
+
     def _dataset(self, decode: bool = False) -> tf.data.Dataset:
         import tensorflow_datasets as tfds
 
@@ -408,6 +430,13 @@ class PlantedSource(Source):
         self._index = {sid: i for i, sid in enumerate(base.sample_ids)}
         self.planted = artifact.as_dict() | {"marked_samples": int(self.marked.sum()),
                                              "class_samples": int((base.labels == target).sum())}
+
+    def training_split(self) -> str:
+        return self.base.training_split()
+
+    @property
+    def augments_training(self) -> bool:
+        return self.base.augments_training
 
     def _marked(self, sample_ids) -> np.ndarray:
         return np.array([self.marked[self._index[sid]] for sid in sample_ids], dtype=bool)

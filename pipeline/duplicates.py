@@ -23,6 +23,11 @@ import hashlib
 import numpy as np
 import pandas as pd
 
+from .config import Thresholds
+
+#: The defaults of the near-duplicate tests are those of the audit's thresholds.
+DEFAULTS = Thresholds()
+
 #: The columns of :func:`find_duplicates`' table, in order.
 COLUMNS: tuple[str, ...] = ("sample_id_a", "split_a", "sample_id_b", "split_b", "similarity", "kind")
 
@@ -85,17 +90,18 @@ def find_duplicates(
     split_a: str,
     embeddings_a,
     digests_a,
+    *,
     ids_b=None,
     split_b: str | None = None,
     embeddings_b=None,
     digests_b=None,
-    min_similarity: float = 0.97,
-    chunk: int = 1024,
-    centre: bool = True,
     signatures_a=None,
     signatures_b=None,
-    min_pixel_correlation: float = 0.95,
+    min_similarity: float = DEFAULTS.min_duplicate_similarity,
+    min_pixel_correlation: float = DEFAULTS.min_pixel_correlation,
     candidates: int = 5,
+    chunk: int = 1024,
+    centre: bool = True,
 ) -> pd.DataFrame:
     """Exact and near duplicate pairs within split A, or between split A and split B.
 

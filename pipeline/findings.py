@@ -18,8 +18,10 @@ Every number behind a flag goes into the class's evidence sentence. SpRAy cluste
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -30,9 +32,10 @@ from skimage.measure import label as label_regions
 
 from . import heatmaps
 from .config import Thresholds
-from .gradcam import upsample
-from .occlusion import OcclusionResult
 from .spray import spray
+
+if TYPE_CHECKING:
+    from .occlusion import OcclusionResult
 
 #: Statistics that can reveal a shortcut; each measures one region (the border band, the favoured corner).
 SHORTCUT_STATISTICS = ("border_focus", "corner_focus")
@@ -54,7 +57,7 @@ class AuditTables:
 
 
 #: ``occlusion(k, region) -> OcclusionResult``: blanks ``region`` (H, W bool) in samples of class ``k`` and others.
-Occlusion = Callable[[int, np.ndarray], OcclusionResult]
+Occlusion = Callable[[int, np.ndarray], "OcclusionResult"]
 
 
 def build_tables(
@@ -73,16 +76,15 @@ def build_tables(
     """
     scored = score_samples(samples.reset_index(drop=True), probs, class_names)
     classes = class_table(scored, class_names, image_size, thresholds)
-    regions = {}
-    for k in classes.loc[classes["candidate"], "class"]:
-        region_name, region = regions[k] = suspected_region(scored, classes, cams, k, image_size, thresholds)
-        if occlusion is None:
-            row = classes.index[classes["class"] == k][0]
-            classes.loc[row, "flagged"] = True
-            classes.loc[row, "evidence"] = classes.loc[row, "evidence"].replace(
-                "shortcut candidate:", "likely shortcut:", 1).rstrip(".") + "; no causal check was made."
-            continue
-        add_occlusion_evidence(classes, k, region_name, occlusion(k, region), thresholds)
+    masks = {}
+    for row in classes.index[classes["candidate"]]:
+        k = int(classes.loc[row, "class"])
+        name, masks[k] = suspected_region(scored, classes, cams, k, image_size, thresholds)
+        classes.loc[row, ["region", "region_share"]] = [name, float(masks[k].mean())]
+        if occlusion is not None:
+            record_occlusion(classes, k, occlusion(k, masks[k]), thresholds)
+    # Without a causal check, a candidate is flagged on its statistics alone (its evidence says so).
+    classes["flagged"] = (classes["status"] == "confirmed") | ((classes["status"] == "candidate") & (occlusion is None))
     labels = scored["label"].to_numpy()
     mass, valid = heatmaps.to_mass(cams)
     clusters, cluster_column = {}, np.full(len(scored), -1)
@@ -92,7 +94,8 @@ def build_tables(
             clusters[k] = spray(mass[mine])
             cluster_column[mine] = clusters[k].labels
     scored["cam_cluster"] = cluster_column
-    add_cluster_evidence(classes, clusters, regions)
+    record_clusters(classes, clusters, masks)
+    classes["evidence"] = [evidence(row, image_size, thresholds) for row in classes.to_dict("records")]
     scored["flags"] = flag_samples(scored, classes, thresholds)
     scored["relabel_reason"] = relabel_reasons(scored)
     means = class_mean_cams(cams, labels, len(class_names))
@@ -179,13 +182,14 @@ def favoured_corner(samples: pd.DataFrame, k: int) -> str:
     return heatmaps.CORNERS[int(np.nanargmax(means))] if np.isfinite(means).any() else heatmaps.CORNERS[0]
 
 
-def _region_values(samples: pd.DataFrame, k: int, column: str) -> tuple[str | None, np.ndarray]:
-    """The per-sample focus on the region ``column`` measures for class ``k``: (None, border focus), or (its
-    favoured corner, every sample's focus on that corner)."""
-    if column == "border_focus":
-        return None, samples["border_focus"].to_numpy(dtype=float)
+def _region(samples: pd.DataFrame, k: int, statistic: str, size: tuple[int, int]) -> tuple[str, str, np.ndarray]:
+    """Where ``statistic`` looks for class ``k``: the region's name, the samples-table column of every sample's focus
+    on it, and its boolean (H, W) mask. The border band for the border focus; the class's favoured corner for the
+    corner focus."""
+    if statistic == "border_focus":
+        return "the border band", "border_focus", heatmaps.border_band(*size)
     corner = favoured_corner(samples, k)
-    return corner, samples[corner_column(corner)].to_numpy(dtype=float)
+    return f"the {corner} corner", corner_column(corner), heatmaps.corner_regions(*size)[heatmaps.CORNERS.index(corner)]
 
 
 def _tail(values: np.ndarray, mine: np.ndarray, quantile: float) -> tuple[np.ndarray, float]:
@@ -195,6 +199,11 @@ def _tail(values: np.ndarray, mine: np.ndarray, quantile: float) -> tuple[np.nda
     return mine & (values > cutoff), cutoff
 
 
+#: What a class's ``status`` can be: no shortcut signal in its statistics; a candidate by its statistics (not yet
+#: put to the causal check); confirmed or not confirmed by the causal check.
+STATUSES = ("no signal", "candidate", "confirmed", "not confirmed")
+
+
 def class_table(
     samples: pd.DataFrame,
     class_names: tuple[str, ...],
@@ -202,8 +211,12 @@ def class_table(
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
 ) -> pd.DataFrame:
     """One row per class: counts, accuracy, the statistics' class means, the shortcut statistics of each region
-    (``*_ratio``, ``*_auroc``, ``*_tail_share``), ``candidate``, ``flagged`` (False until the causal check) and the
-    evidence sentence."""
+    (``*_ratio``, ``*_auroc``, ``*_tail_share``), and of the strongest one: the region it measures
+    (``measured_region``, its area share and the samples-table ``region_column``), the class's mean focus there
+    and its tail (``tail_samples`` above the other classes' ``tail_quantile``, the heatmap mass they and the other
+    classes' images put there). ``candidate`` and ``status`` (``no signal`` or ``candidate``) follow from the
+    thresholds; ``region`` (the blamed region, refined for candidates by :func:`suspected_region`) starts as the
+    measured one."""
     correct = samples["label"] == samples["pred"]
     labels = samples["label"].to_numpy()
     rows = []
@@ -214,16 +227,16 @@ def class_table(
         for column in STATISTIC_COLUMNS:
             row[column] = float(samples.loc[mine, column].mean()) if mine.any() else float("nan")
         row["favoured_corner"] = favoured_corner(samples, k)
-        for column in SHORTCUT_STATISTICS:
-            _, values = _region_values(samples, k, column)
+        for statistic in SHORTCUT_STATISTICS:
+            values = samples[_region(samples, k, statistic, image_size)[1]].to_numpy(dtype=float)
             others = [np.nanmean(values[labels == j]) for j in range(len(class_names)) if j != k
                       and (labels == j).any()]
             tail, _ = _tail(values, mine, thresholds.tail_quantile)
             finite = mine & np.isfinite(values)
-            row[f"{column}_ratio"] = (np.nanmean(values[mine]) / np.median(others)
-                                      if others and np.median(others) > 0 and finite.any() else np.nan)
-            row[f"{column}_auroc"] = auroc(values[mine], values[~mine])
-            row[f"{column}_tail_share"] = tail.sum() / finite.sum() if finite.any() else np.nan
+            row[f"{statistic}_ratio"] = (np.nanmean(values[mine]) / np.median(others)
+                                         if others and np.median(others) > 0 and finite.any() else np.nan)
+            row[f"{statistic}_auroc"] = auroc(values[mine], values[~mine])
+            row[f"{statistic}_tail_share"] = tail.sum() / finite.sum() if finite.any() else np.nan
         rows.append(row)
     table = pd.DataFrame(rows)
 
@@ -238,43 +251,69 @@ def class_table(
     table["shortcut_statistic"] = np.asarray(SHORTCUT_STATISTICS)[strongest]
     table["shortcut_score"] = tails[np.arange(len(table)), strongest]
     table["candidate"] = passes.any(axis=1)
+    table["status"] = np.where(table["candidate"], "candidate", "no signal")
     table["flagged"] = False
-    table["evidence"] = [
-        _evidence(samples, table, k, column, image_size, thresholds) if table.loc[k, "samples"] else ""
-        for k, column in zip(table["class"], table["shortcut_statistic"], strict=True)
-    ]
-    return table
+    measured = []
+    for k, statistic in zip(table["class"], table["shortcut_statistic"], strict=True):
+        name, column, mask = _region(samples, k, statistic, image_size)
+        values, mine = samples[column].to_numpy(dtype=float), labels == k
+        tail, _ = _tail(values, mine, thresholds.tail_quantile)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a class without samples has NaN means
+            measured.append({
+                "measured_region": name, "measured_share": float(mask.mean()), "region_column": column,
+                "region": name, "region_share": float(mask.mean()),
+                "focus_mean": np.nanmean(values[mine]) if mine.any() else np.nan,
+                "tail_samples": int(tail.sum()),
+                "tail_mass": np.nanmean(values[tail]) * mask.mean() if tail.any() else np.nan,
+                "others_mass": np.nanmean(values[~mine]) * mask.mean() if (~mine).any() else np.nan,
+            })
+    return pd.concat([table, pd.DataFrame(measured, index=table.index)], axis=1)
 
 
-def _evidence(samples: pd.DataFrame, table: pd.DataFrame, k: int, column: str, image_size: tuple[int, int],
-              thresholds: Thresholds) -> str:
-    """The sentence with the numbers behind a class's shortcut statistic (the causal check is appended later)."""
-    name = table.loc[k, "class_name"]
-    labels = samples["label"].to_numpy()
-    mine = labels == k
-    corner, values = _region_values(samples, k, column)
-    share = _region(samples, k, column, image_size)[1].mean()
-    if corner is None:
-        width = int(round(heatmaps.BORDER_FRACTION * min(image_size)))
-        region = f"the {width}-px border band ({share:.0%} of the image)"
-    else:
-        region = f"the {corner} corner ({share:.0%} of the image)"
-    tail, _ = _tail(values, mine, thresholds.tail_quantile)
-    quantile = thresholds.tail_quantile
-    others_mass = np.nanmean(values[~mine]) * share
-    sentence = (
-        f"{'shortcut candidate' if table.loc[k, 'candidate'] else 'no shortcut signal'}: "
-        f"{table.loc[k, f'{column}_tail_share']:.0%} of '{name}' images are more focused on {region} than "
-        f"{quantile:.0%} of other classes' images ({1 - quantile:.0%} expected)"
-    )
-    if tail.any():
-        sentence += (f"; those put {np.nanmean(values[tail]) * share:.0%} of their heatmap there, other classes' "
-                     f"images {others_mass:.0%} on average")
-    statistic = "corner focus" if corner else "border focus"
-    return sentence + (
-        f"; over the whole class, {statistic} {np.nanmean(values[mine]):.2f}, {table.loc[k, f'{column}_ratio']:.1f}x "
-        f"the other classes' median, AUROC {table.loc[k, f'{column}_auroc']:.2f}."
-    )
+def evidence(row: dict, image_size: tuple[int, int], thresholds: Thresholds = DEFAULT_THRESHOLDS) -> str:
+    """The sentence a person reads about one class (a row of the classes table): what its shortcut statistic shows,
+    what the causal check did, and the SpRAy cluster behind it; every number in it is a column of the row."""
+    if not row["samples"]:
+        return ""
+    statistic, status, quantile = row["shortcut_statistic"], row["status"], thresholds.tail_quantile
+    prefix = {"no signal": "no shortcut signal", "confirmed": "likely shortcut",
+              "not confirmed": "shortcut candidate, not confirmed",
+              "candidate": "likely shortcut" if row["flagged"] else "shortcut candidate"}[status]
+    measured = (f"the {int(round(heatmaps.BORDER_FRACTION * min(image_size)))}-px border band"
+                if statistic == "border_focus" else row["measured_region"])
+    sentence = (f"{prefix}: {row['shortcut_score']:.0%} of '{row['class_name']}' images are more focused on "
+                f"{measured} ({row['measured_share']:.0%} of the image) than {quantile:.0%} of other classes' images "
+                f"({1 - quantile:.0%} expected)")
+    if row["tail_samples"]:
+        sentence += (f"; those put {row['tail_mass']:.0%} of their heatmap there, other classes' images "
+                     f"{row['others_mass']:.0%} on average")
+    sentence += (f"; over the whole class, {'border focus' if statistic == 'border_focus' else 'corner focus'} "
+                 f"{row['focus_mean']:.2f}, {row[f'{statistic}_ratio']:.1f}x the other classes' median, AUROC "
+                 f"{row[f'{statistic}_auroc']:.2f}")
+    if status in ("confirmed", "not confirmed"):
+        sentence += (
+            f"; blanking {row['region']} changes '{row['class_name']}' accuracy from "
+            f"{row['occluded_accuracy_before']:.0%} to {row['occluded_accuracy_after']:.0%} and its confidence in the "
+            f"true label from {row['occluded_confidence_before']:.2f} to {row['occluded_confidence_after']:.2f} "
+            f"(other classes: {row['others_accuracy_before']:.0%} to {row['others_accuracy_after']:.0%}, "
+            f"{row['others_confidence_before']:.2f} to {row['others_confidence_after']:.2f})"
+        )
+        if status == "not confirmed":
+            sentence += (f", an excess drop of {row['occlusion_excess_drop']:.2f} < "
+                         f"{thresholds.min_occlusion_drop:.2f}: the model does not depend on it, so the class is not "
+                         "flagged")
+    elif status == "candidate" and row["flagged"]:
+        sentence += "; no causal check was made"
+    if row["shortcut_cluster"] >= 0:
+        sentence += (
+            f"; SpRAy splits the class's heatmaps into {row['spray_clusters']} clusters, and the one of "
+            f"{row['shortcut_cluster_share']:.0%} of its images puts "
+            f"{row['shortcut_cluster_focus'] * row['region_share']:.0%} of its mean heatmap on "
+            f"{row['region'].split(' (')[0]} (the other clusters: "
+            f"{row['other_clusters_focus'] * row['region_share']:.0%} at most)"
+        )
+    return sentence + "."
 
 
 def flag_samples(samples: pd.DataFrame, classes: pd.DataFrame,
@@ -282,7 +321,7 @@ def flag_samples(samples: pd.DataFrame, classes: pd.DataFrame,
     """The ``flags`` column: a ``;``-separated list of what stands out about each sample.
 
     ``empty_cam`` (no positive evidence, statistics NaN), ``misclassified``, ``label_issue`` (cleanlab), and
-    ``uses_shortcut``: the sample's class is flagged and its focus on the class's suspected region is above the
+    ``uses_shortcut``: the sample's class is flagged and its focus on the class's measured region is above the
     ``tail_quantile`` of the other classes' samples (it belongs to the tail that makes the class's shortcut score).
     """
     flags = [[] for _ in range(len(samples))]
@@ -293,30 +332,20 @@ def flag_samples(samples: pd.DataFrame, classes: pd.DataFrame,
         flags[i].append("misclassified")
     for i in np.flatnonzero(samples["is_label_issue"].to_numpy()):
         flags[i].append("label_issue")
-    for _, row in classes[classes["flagged"]].iterrows():
-        _, values = _region_values(samples, row["class"], row["shortcut_statistic"])
+    for row in classes[classes["flagged"]].to_dict("records"):
+        values = samples[row["region_column"]].to_numpy(dtype=float)
         tail, _ = _tail(values, labels == row["class"], thresholds.tail_quantile)
         for i in np.flatnonzero(tail):
             flags[i].append("uses_shortcut")
     return pd.Series([";".join(f) for f in flags], index=samples.index, name="flags")
 
 
-def _region(samples: pd.DataFrame, k: int, column: str, size: tuple[int, int]) -> tuple[str | None, np.ndarray]:
-    """Where ``column`` looks for class ``k``: (None, the border band) or (its favoured corner, that corner's
-    square), the mask boolean (H, W)."""
-    if column == "border_focus":
-        return None, heatmaps.border_band(*size)
-    corner = favoured_corner(samples, k)
-    return corner, heatmaps.corner_regions(*size)[heatmaps.CORNERS.index(corner)]
-
-
 def shortcut_values(samples: pd.DataFrame, classes: pd.DataFrame, k: int) -> tuple[str, np.ndarray]:
     """Every sample's value of class ``k``'s shortcut statistic, on the region it measures for that class (the
     border band, or the class's favoured corner), with the region's name: the per-sample score behind the class's
     tail share and the ``uses_shortcut`` flag."""
-    column = classes.loc[classes["class"] == k, "shortcut_statistic"].iloc[0]
-    corner, values = _region_values(samples, k, column)
-    return ("the border band" if corner is None else f"the {corner} corner"), values
+    row = classes.loc[classes["class"] == k].iloc[0]
+    return row["measured_region"], samples[row["region_column"]].to_numpy(dtype=float)
 
 
 def suspected_region(samples: pd.DataFrame, classes: pd.DataFrame, cams: np.ndarray, k: int,
@@ -329,30 +358,30 @@ def suspected_region(samples: pd.DataFrame, classes: pd.DataFrame, cams: np.ndar
     holds the peak, unless it is larger than four corner squares (a diffuse map). An artifact that reaches beyond
     the corner square (a line of text) is then covered whole, so the causal check blanks all of it.
     """
-    column = classes.loc[classes["class"] == k, "shortcut_statistic"].iloc[0]
-    corner, mask = _region(samples, k, column, size)
-    if corner is None:
-        return "the border band", mask
-    _, values = _region_values(samples, k, column)
-    tail, _ = _tail(values, samples["label"].to_numpy() == k, thresholds.tail_quantile)
+    statistic = classes.loc[classes["class"] == k, "shortcut_statistic"].iloc[0]
+    name, column, mask = _region(samples, k, statistic, size)
+    if statistic == "border_focus":
+        return name, mask
+    tail, _ = _tail(samples[column].to_numpy(dtype=float), samples["label"].to_numpy() == k, thresholds.tail_quantile)
     mass, valid = heatmaps.to_mass(cams[tail])
     if not valid.any():
-        return f"the {corner} corner", mask
-    mean = upsample(mass[valid].mean(axis=0)[None], size)[0]
+        return name, mask
+    mean = heatmaps.upsample(mass[valid].mean(axis=0)[None], size)[0]
     hot = label_regions(mean >= 0.5 * mean.max())
     hot = hot == hot.flat[int(np.argmax(mean))]
     # A diffuse map has no hot spot worth the name: beyond four corner squares (a quarter of the image), keep the
     # corner alone.
     if (hot & ~mask).sum() == 0 or hot.sum() > 4 * mask.sum():
-        return f"the {corner} corner", mask
+        return name, mask
     region = mask | hot
-    return f"the {corner} corner and its heatmaps' hot spot ({region.mean():.0%} of the image)", region
+    return f"{name} and its heatmaps' hot spot ({region.mean():.0%} of the image)", region
 
 
-def add_occlusion_evidence(classes: pd.DataFrame, k: int, region: str, result: OcclusionResult,
-                           thresholds: Thresholds = DEFAULT_THRESHOLDS) -> None:
-    """Record the causal check of candidate class ``k`` in ``classes`` (in place): the figures, the flag (when the
-    excess drop of true-label confidence reaches ``min_occlusion_drop``) and a clause of the evidence sentence."""
+def record_occlusion(classes: pd.DataFrame, k: int, result: OcclusionResult,
+                     thresholds: Thresholds = DEFAULT_THRESHOLDS) -> None:
+    """Record the causal check of candidate class ``k`` in ``classes`` (in place): its figures, and its status,
+    ``confirmed`` when the excess drop of true-label confidence reaches ``min_occlusion_drop``, else ``not
+    confirmed``."""
     row = classes.index[classes["class"] == k][0]
     figures = {"occluded_accuracy_before": result.class_before, "occluded_accuracy_after": result.class_after,
                "others_accuracy_before": result.others_before, "others_accuracy_after": result.others_after,
@@ -364,51 +393,30 @@ def add_occlusion_evidence(classes: pd.DataFrame, k: int, region: str, result: O
     for column, value in figures.items():
         classes.loc[row, column] = value
     confirmed = bool(result.excess_confidence_drop >= thresholds.min_occlusion_drop)
-    classes.loc[row, "flagged"] = confirmed
-    name = classes.loc[row, "class_name"]
-    sentence = classes.loc[row, "evidence"].rstrip(".")
-    if confirmed:
-        sentence = sentence.replace("shortcut candidate:", "likely shortcut:", 1)
-    else:
-        sentence = sentence.replace("shortcut candidate:", "shortcut candidate, not confirmed:", 1)
-    sentence += (
-        f"; blanking {region} changes '{name}' accuracy from {result.class_before:.0%} to {result.class_after:.0%}"
-        f" and its confidence in the true label from {result.class_confidence_before:.2f} to "
-        f"{result.class_confidence_after:.2f} (other classes: {result.others_before:.0%} to "
-        f"{result.others_after:.0%}, {result.others_confidence_before:.2f} to {result.others_confidence_after:.2f})"
-    )
-    if not confirmed:
-        sentence += (f", an excess drop of {result.excess_confidence_drop:.2f} < {thresholds.min_occlusion_drop:.2f}"
-                     ": the model does not depend on it, so the class is not flagged")
-    classes.loc[row, "evidence"] = sentence + "."
+    classes.loc[row, "status"] = "confirmed" if confirmed else "not confirmed"
 
 
-def add_cluster_evidence(classes: pd.DataFrame, clusters: dict, regions: dict) -> None:
-    """For each flagged class, name the SpRAy cluster whose mean heatmap is most focused on the suspected region
-    (``regions``: class -> (name, boolean (H, W) mask), from :func:`suspected_region`); columns ``spray_clusters``,
-    ``shortcut_cluster``, ``shortcut_cluster_share``, ``shortcut_cluster_focus``."""
+def record_clusters(classes: pd.DataFrame, clusters: dict, masks: dict) -> None:
+    """For each flagged class, the SpRAy cluster whose mean heatmap is most focused on the blamed region (``masks``:
+    class -> boolean (H, W) mask, from :func:`suspected_region`); columns ``spray_clusters``,
+    ``shortcut_cluster``, ``shortcut_cluster_share``, ``shortcut_cluster_focus`` and ``other_clusters_focus`` (the
+    largest focus of the class's other clusters)."""
     classes["spray_clusters"] = [clusters[k].count if k in clusters else 0 for k in classes["class"]]
     classes["shortcut_cluster"] = -1
-    classes["shortcut_cluster_share"] = np.nan
-    classes["shortcut_cluster_focus"] = np.nan
+    for column in ("shortcut_cluster_share", "shortcut_cluster_focus", "other_clusters_focus"):
+        classes[column] = np.nan
     for row in classes.index[classes["flagged"]]:
         k = classes.loc[row, "class"]
         found = clusters.get(k)
-        if found is None or found.count < 2 or k not in regions:
+        if found is None or found.count < 2 or k not in masks:
             continue
-        name, region = regions[k]
-        mass, _ = heatmaps.to_mass(upsample(found.mean_maps, region.shape))
-        focus = heatmaps.region_focus(mass, region)
+        mass, _ = heatmaps.to_mass(heatmaps.upsample(found.mean_maps, masks[k].shape))
+        focus = heatmaps.region_focus(mass, masks[k])
         best = int(np.nanargmax(focus))
         share = float((found.labels == best).sum() / max((found.labels >= 0).sum(), 1))
-        classes.loc[row, ["shortcut_cluster", "shortcut_cluster_share", "shortcut_cluster_focus"]] = \
-            [best, share, float(focus[best])]
-        others = np.delete(focus, best)
-        classes.loc[row, "evidence"] = classes.loc[row, "evidence"].rstrip(".") + (
-            f"; SpRAy splits the class's heatmaps into {found.count} clusters, and the one of {share:.0%} of its "
-            f"images puts {focus[best] * region.mean():.0%} of its mean heatmap on {name.split(' (')[0]} "
-            f"(the other clusters: {np.nanmax(others) * region.mean():.0%} at most)."
-        )
+        classes.loc[row, ["shortcut_cluster", "shortcut_cluster_share", "shortcut_cluster_focus",
+                          "other_clusters_focus"]] = [best, share, float(focus[best]),
+                                                      float(np.nanmax(np.delete(focus, best)))]
 
 
 def class_mean_cams(cams: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

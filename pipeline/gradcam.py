@@ -15,7 +15,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .config import CAM_METHODS
 from .errors import AuditError
+from .models import walk_layers
 
 
 def _gradcam_weights(acts: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
@@ -37,7 +39,8 @@ def _hirescam_weights(acts: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
     return grads
 
 
-METHODS = {"gradcam": _gradcam_weights, "gradcam++": _gradcam_plus_plus_weights, "hirescam": _hirescam_weights}
+#: How each of :data:`pipeline.config.CAM_METHODS` computes channel weights from activations and gradients.
+METHODS = dict(zip(CAM_METHODS, (_gradcam_weights, _gradcam_plus_plus_weights, _hirescam_weights), strict=True))
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ class CamBatch:
     """Grad-CAM outputs for one batch, as numpy arrays.
 
     ``cam_pred`` and ``cam_label`` are raw (non-negative, unnormalised) maps at the target layer's resolution
-    (B, h, w); normalise them with :func:`pipeline.heatmaps.to_mass` after :func:`upsample`.
+    (B, h, w); normalise them with :func:`pipeline.heatmaps.to_mass` after :func:`pipeline.heatmaps.upsample`.
     """
 
     probs: np.ndarray  # (B, C) class probabilities
@@ -53,14 +56,6 @@ class CamBatch:
     cam_pred: np.ndarray  # (B, h, w) CAM of the predicted class
     cam_label: np.ndarray  # (B, h, w) CAM of the given label (equal to cam_pred where pred == label)
     embedding: np.ndarray  # (B, D) penultimate-layer activations (the input of the last Dense layer)
-
-
-def walk_layers(model: keras.Model):
-    """Every layer of ``model``, descending into nested models, in model order."""
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from walk_layers(layer)
 
 
 def spatial_layers(model: keras.Model) -> list[str]:
@@ -257,10 +252,3 @@ class GradCAM:
         """Penultimate-layer embeddings (B, D) of a batch, forward pass only (for the splits not audited)."""
         return self._compiled_embed(tf.convert_to_tensor(images, dtype=tf.float32)).numpy()
 
-
-def upsample(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear upsampling of maps (N, h, w) to ``size`` (H, W), pixel centres aligned; float32."""
-    cams = np.asarray(cams, dtype=np.float32)
-    if cams.shape[1:] == tuple(size):
-        return cams
-    return tf.image.resize(cams[..., None], size, method="bilinear").numpy()[..., 0]

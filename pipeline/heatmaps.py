@@ -37,6 +37,33 @@ def to_mass(cams: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mass.astype(np.float32), valid
 
 
+def _interpolation_matrix(source: int, target: int) -> np.ndarray:
+    """(target, source) weights of 1-D linear interpolation with pixel centres aligned: target pixel ``i`` samples
+    the source at ``x = (i + 0.5) * source / target - 0.5``, clamped to [0, source - 1]."""
+    x = np.clip((np.arange(target) + 0.5) * source / target - 0.5, 0, source - 1)
+    low = np.floor(x).astype(np.int64)
+    high = np.minimum(low + 1, source - 1)
+    weights = np.zeros((target, source), dtype=np.float64)
+    np.add.at(weights, (np.arange(target), low), 1.0 - (x - low))
+    np.add.at(weights, (np.arange(target), high), x - low)
+    return weights
+
+
+def upsample(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resampling of maps (N, h, w) to ``size`` (H, W), pixel centres aligned; float32.
+
+    Output pixel (i, j) is the linear interpolation of the input at ``((i + 0.5) h / H - 0.5, (j + 0.5) w / W - 0.5)``,
+    clamped to the edge pixels (the convention of ``tf.image.resize(method="bilinear")`` and of OpenCV). Separable,
+    so it is two small matrix products: ``R @ cam @ C.T``.
+    """
+    cams = np.asarray(cams, dtype=np.float32)
+    if cams.shape[1:] == tuple(size):
+        return cams
+    rows = _interpolation_matrix(cams.shape[1], size[0])
+    cols = _interpolation_matrix(cams.shape[2], size[1])
+    return (rows.astype(np.float32) @ cams) @ cols.T.astype(np.float32)
+
+
 def border_band(height: int, width: int, fraction: float = BORDER_FRACTION) -> np.ndarray:
     """Boolean (H, W) mask of the outer band, ``max(1, round(fraction * min(H, W)))`` pixels wide."""
     k = max(1, int(round(fraction * min(height, width))))

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -19,7 +20,17 @@ import tensorflow as tf
 from ._hashing import sample_hash
 from .config import PREPROCESSING
 from .errors import AuditError
-from .gradcam import walk_layers
+
+if TYPE_CHECKING:
+    from .datasets import Source
+
+
+def walk_layers(model: keras.Model):
+    """Every layer of ``model``, descending into nested models, in model order."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from walk_layers(layer)
 
 
 @dataclass(frozen=True)
@@ -98,14 +109,31 @@ def build_transfer_model(input_size: tuple[int, int], num_classes: int, weights:
     return keras.Model(inputs, outputs, name="reference_mobilenetv2")
 
 
-def reference_input_size(natural_size: tuple[int, int] | None) -> tuple[int, int]:
-    """Input size of a reference CNN: the images' own size when they are all small (<= 64 px), else 96 x 96.
+def reference_input_size(natural_size: tuple[int, int] | None, weights: str | None = None) -> tuple[int, int]:
+    """Input size of a reference model: 160 x 160 for a pretrained MobileNetV2 (``weights``); for a CNN trained
+    from scratch, the images' own size when they are all small (<= 64 px), else 96 x 96.
 
     Photos are audited at this reduced resolution when no model is given; the report says so.
     """
+    if weights:
+        return (160, 160)
     if natural_size is not None and max(natural_size) <= 64:
         return tuple(natural_size)
     return (96, 96)
+
+
+#: From this many training images on, reference CNNs are wider and train longer (CIFAR-10 scale).
+LARGE_TRAINING_SET = 10_000
+
+
+def reference_recipe(training_images: int, *, epochs: int | None = None, seed: int = 0, weights: str | None = None,
+                     augment: bool = True) -> TrainConfig:
+    """How a reference model is trained on ``training_images`` images: a CNN from scratch, width 16 for 8 epochs,
+    or width 32 for 15 epochs from :data:`LARGE_TRAINING_SET` images on (``epochs`` overrides the count); with
+    ``weights`` a MobileNetV2 with that pretrained backbone."""
+    large = training_images >= LARGE_TRAINING_SET
+    return TrainConfig(epochs=epochs or (15 if large else 8), width=32 if large else 16, seed=seed,
+                       architecture="mobilenetv2" if weights else "cnn", weights=weights, augment=augment)
 
 
 def fingerprint_model(model: keras.Model) -> str:
@@ -183,6 +211,7 @@ def train_reference_model(
     images: np.ndarray,
     labels: np.ndarray,
     num_classes: int,
+    *,
     cache_dir: Path,
     dataset_fingerprint: str,
     config: TrainConfig = TrainConfig(),
@@ -253,6 +282,50 @@ def train_reference_model(
     tmp.replace(path)
     meta_path.write_text(json.dumps(history))
     return TrainedModel(model, path, fingerprint_model(model), history, seconds, False)
+
+
+def train_reference_models(
+    train: Source,
+    *,
+    cache_dir: Path,
+    weights: str | None = None,
+    epochs: int | None = None,
+    train_limit: int | None = None,
+    cross_fit: int = 0,
+    seed: int = 0,
+    progress: Callable[[str], None] = print,
+) -> tuple[list[TrainedModel], str]:
+    """The reference model(s) of a source's training split ``train``, trained or loaded from ``cache_dir``.
+
+    One model on the whole split (or, with ``train_limit``, on a fixed random subset of that many images), or with
+    ``cross_fit`` K, K models, the k-th trained without fold k (:func:`cross_fit_folds`), for out-of-fold
+    predictions. The recipe is :func:`reference_recipe` of each model's training-set size, at
+    :func:`reference_input_size`. Returns the models and a phrase saying what they were trained on.
+    """
+    size = reference_input_size(train.natural_size, weights)
+    progress(f"training reference model(s) on {train.name}/{train.split} at {size[0]}x{size[1]}")
+    images, labels, ids = train.arrays(size)
+    key = f"{train.fingerprint}-{size}"
+    if train_limit and len(labels) > train_limit:
+        keep = training_subset(ids, train_limit, seed)
+        images, labels, ids = images[keep], labels[keep], ids[keep]
+        key += f"-limit{train_limit}"
+        progress(f"training on a random subset of {len(labels)} of the split's images (--train-limit)")
+
+    def fit(chosen: np.ndarray | None, name: str) -> TrainedModel:
+        x, y = (images, labels) if chosen is None else (images[chosen], labels[chosen])
+        recipe = reference_recipe(len(y), epochs=epochs, seed=seed, weights=weights, augment=train.augments_training)
+        trained = train_reference_model(x, y, len(train.class_names), cache_dir=cache_dir, dataset_fingerprint=name,
+                                        config=recipe, progress=progress)
+        progress(f"{'loaded from cache' if trained.cached else f'trained in {trained.seconds:.0f} s'} "
+                 f"({trained.path})")
+        return trained
+
+    if not cross_fit:
+        return [fit(None, key)], f"{train.name}/{train.split}"
+    folds = cross_fit_folds(ids, cross_fit, seed)
+    runs = [fit(folds != k, f"{key}-fold{k}of{cross_fit}") for k in range(cross_fit)]
+    return runs, f"{train.name}/{train.split}, {cross_fit} folds (out-of-fold predictions)"
 
 
 class _ProgressCallback(keras.callbacks.Callback):

@@ -13,21 +13,18 @@ import uuid
 from pathlib import Path
 
 import jinja2
-import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.figure import Figure
 from PIL import Image
-
-matplotlib.use("Agg")
-from matplotlib import pyplot as plt  # noqa: E402
 
 from .datasets import Source
 from .duplicates import COLUMNS as DUPLICATE_COLUMNS
 from .duplicates import pair_counts
 from .errors import AuditError
-from .findings import AuditTables, corner_column
-from .gradcam import upsample
+from .findings import AuditTables
+from .heatmaps import upsample
 
 #: Colormap of every heatmap image in the report.
 COLORMAP = "inferno"
@@ -118,7 +115,9 @@ def _distribution_plots(samples: pd.DataFrame, class_names: tuple[str, ...], ass
     plots = []
     for column, title in DISTRIBUTIONS.items():
         groups = [samples.loc[samples["label"] == k, column].dropna().to_numpy() for k in range(len(class_names))]
-        fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(class_names) + 1.2), dpi=80)
+        # A Figure of its own (not pyplot): no global backend or figure registry is touched.
+        fig = Figure(figsize=(6.5, 0.35 * len(class_names) + 1.2), dpi=80)
+        ax = fig.subplots()
         ax.boxplot(groups, vert=False, whis=(5, 95), showfliers=False, widths=0.6)
         ax.set_yticks(range(1, len(class_names) + 1), [str(n)[:30] for n in class_names])
         ax.invert_yaxis()
@@ -126,7 +125,6 @@ def _distribution_plots(samples: pd.DataFrame, class_names: tuple[str, ...], ass
         fig.tight_layout()
         name = f"dist-{column}.png"
         fig.savefig(assets / name)
-        plt.close(fig)
         plots.append({"file": f"assets/{name}", "title": title})
     return plots
 
@@ -248,9 +246,7 @@ def _write_report_files(tmp: Path, assets: Path, source: Source, tables: AuditTa
 
     findings = []
     for row in (r for r in class_rows if r["flagged"]):
-        column = "border_focus" if row["shortcut_statistic"] == "border_focus" else \
-            corner_column(row["favoured_corner"])
-        mine = samples[samples["label"] == row["class"]].nlargest(8, column)
+        mine = samples[samples["label"] == row["class"]].nlargest(8, row["region_column"])
         findings.append({**row, "strip": _sample_cards(source, tables, mine, assets, f"finding-{row['class']:03d}")})
     strategies = _strategies(tables, class_rows, assets)
     duplicates = _duplicate_pairs(tables.duplicates, {source.split: source, **({other.split: other} if other else {})},
@@ -269,7 +265,7 @@ def _write_report_files(tmp: Path, assets: Path, source: Source, tables: AuditTa
         relabel=relabel_cards,
         relabel_total=int((samples["relabel_reason"] != "").sum()),
         label_issues=int(samples["is_label_issue"].sum()),
-        candidates=[r for r in class_rows if r["candidate"] and not r["flagged"]],
+        candidates=[r for r in class_rows if r["status"] == "not confirmed"],
         strategies=strategies,
         duplicates=duplicates,
         empty_cams=int((~samples["cam_valid"]).sum()),

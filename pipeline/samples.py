@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pandas as pd
 
 from . import heatmaps
 from ._decode import resize
+from .config import Thresholds
 from .datasets import Source
-from .duplicates import SIGNATURE_SIZE, pixel_digests, pixel_signatures
+from .duplicates import SIGNATURE_SIZE, find_duplicates, pixel_digests, pixel_signatures
 from .foreground import estimate_foreground
-from .gradcam import CamBatch, GradCAM, upsample
+from .gradcam import CamBatch, GradCAM
+from .heatmaps import upsample
 from .models import cross_fit_folds
 
 #: Bump when the columns or arrays of a shard result change: persisted shard results of older versions are not reused.
-TABLE_VERSION = 4
+TABLE_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class ShardResult:
     embeddings: np.ndarray  # (n, D) float32 penultimate-layer embeddings, for near duplicates
     digests: np.ndarray  # (n,) str digests of the pixels the model saw, for exact duplicates
     signatures: np.ndarray  # (n, 768) float16 thumbnail signatures, to confirm near duplicates
+    worker: dict = field(default_factory=dict)  # where the shard was computed (set by the orchestration)
 
 
 def _explain(explainers: list[GradCAM], images: np.ndarray, labels: np.ndarray, folds: np.ndarray | None):
@@ -123,6 +126,31 @@ def embed(source: Source, explainer: GradCAM, size: tuple[int, int], batch_size:
         return (np.zeros(0, dtype=object), np.zeros((0, 1), np.float32), np.zeros(0, dtype=object),
                 np.zeros((0, 3 * SIGNATURE_SIZE**2), np.float16))
     return tuple(np.concatenate(parts) for parts in (ids, embeddings, digests, signatures))
+
+
+def split_duplicates(audited: Source, merged: ShardResult, explainer: GradCAM, *, size: tuple[int, int],
+                     batch_size: int, thresholds: Thresholds, reembed: bool = False,
+                     other: Source | None = None) -> pd.DataFrame:
+    """Exact and near duplicate pairs (:func:`pipeline.duplicates.find_duplicates`) within the audited split and,
+    given the ``other`` (training) split, between the two: leakage.
+
+    The audited split's embeddings are the ones its shards kept, unless ``reembed`` (cross-fitted shards came from
+    several models, whose embeddings are not comparable): then every split is embedded by ``explainer``'s model.
+    """
+    if reembed:
+        ids, embeddings, digests, signatures = embed(audited, explainer, size, batch_size)
+    else:
+        ids, embeddings, digests, signatures = (merged.table["sample_id"].to_numpy(), merged.embeddings,
+                                                merged.digests, merged.signatures)
+    options = {"min_similarity": thresholds.min_duplicate_similarity,
+               "min_pixel_correlation": thresholds.min_pixel_correlation, "signatures_a": signatures}
+    found = [find_duplicates(ids, audited.split, embeddings, digests, **options)]
+    if other is not None:
+        other_ids, other_embeddings, other_digests, other_signatures = embed(other, explainer, size, batch_size)
+        found.append(find_duplicates(ids, audited.split, embeddings, digests, ids_b=other_ids, split_b=other.split,
+                                     embeddings_b=other_embeddings, digests_b=other_digests,
+                                     signatures_b=other_signatures, **options))
+    return pd.concat(found, ignore_index=True)
 
 
 def merge(shards: list[ShardResult]) -> ShardResult:

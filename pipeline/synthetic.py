@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .artifacts import checkerboard
+
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring")
 
 
@@ -131,9 +133,5 @@ def make_split(
 def stamp_mark(images: np.ndarray, mark: PlantedMark) -> np.ndarray:
     """Return ``images`` with a 2x2 checkerboard of magenta and yellow stamped at the mark's position."""
     out = np.array(images, dtype=np.float32, copy=True)
-    s = mark.size
-    half = max(s // 2, 1)
-    checker = (np.arange(s)[:, None] // half + np.arange(s)[None, :] // half) % 2
-    patch = np.where(checker[..., None] == 0, [255.0, 0.0, 255.0], [255.0, 255.0, 0.0])
-    out[:, mark.row : mark.row + s, mark.col : mark.col + s, :] = patch
+    out[:, mark.row : mark.row + mark.size, mark.col : mark.col + mark.size, :] = checkerboard(mark.size)
     return out

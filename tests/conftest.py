@@ -21,7 +21,7 @@ from PIL import Image  # noqa: E402
 import pipeline.flows  # noqa: E402, F401
 from pipeline import findings, heatmaps  # noqa: E402
 from pipeline.datasets import FolderSource, SourceSpec  # noqa: E402
-from pipeline.gradcam import upsample  # noqa: E402
+from pipeline.heatmaps import upsample  # noqa: E402
 
 
 def small_cnn(num_classes: int = 3, head: str = "dense-softmax", seed: int = 0) -> keras.Model:

@@ -5,8 +5,8 @@ import tensorflow as tf
 from conftest import small_cnn
 
 from pipeline import AuditError
-from pipeline.gradcam import GradCAM, find_target_layer, upsample
-from pipeline.heatmaps import to_mass
+from pipeline.gradcam import GradCAM, find_target_layer
+from pipeline.heatmaps import to_mass, upsample
 
 
 def logits_twin(model: keras.Model) -> keras.Model:

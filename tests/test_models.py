@@ -81,11 +81,14 @@ def test_a_reference_model_is_trained_once_and_then_loaded_from_the_cache(tmp_pa
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), np.arange(64) % 5
     config = models.TrainConfig(epochs=1, width=4)
-    first = models.train_reference_model(images, labels, 5, tmp_path, "data-1", config, progress=lambda _: None)
-    second = models.train_reference_model(images, labels, 5, tmp_path, "data-1", config, progress=lambda _: None)
+    first = models.train_reference_model(images, labels, 5, cache_dir=tmp_path, dataset_fingerprint="data-1",
+                                         config=config, progress=lambda _: None)
+    second = models.train_reference_model(images, labels, 5, cache_dir=tmp_path, dataset_fingerprint="data-1",
+                                         config=config, progress=lambda _: None)
     assert not first.cached and second.cached and second.path == first.path
     assert second.fingerprint == first.fingerprint
-    other = models.train_reference_model(images, labels, 5, tmp_path, "data-2", config, progress=lambda _: None)
+    other = models.train_reference_model(images, labels, 5, cache_dir=tmp_path, dataset_fingerprint="data-2",
+                                         config=config, progress=lambda _: None)
     assert not other.cached and other.path != first.path  # a changed dataset fingerprint retrains
 
 
@@ -96,8 +99,8 @@ def test_cross_fitted_samples_are_explained_by_the_model_of_their_fold(tmp_path)
     assert 0.35 < folds.mean() < 0.65  # balanced to within sampling noise
     np.testing.assert_array_equal(folds, models.cross_fit_folds(ids, 2, seed=0))  # stable
     config = models.TrainConfig(epochs=1, width=4)
-    trained = [models.train_reference_model(images[folds != k], labels[folds != k], 5, tmp_path, f"fold{k}", config,
-                                            progress=lambda _: None) for k in range(2)]
+    trained = [models.train_reference_model(images[folds != k], labels[folds != k], 5, cache_dir=tmp_path,
+                                            dataset_fingerprint=f"fold{k}", config=config, progress=lambda _: None) for k in range(2)]
     explainers = [GradCAM(t.model) for t in trained]
     result = scan(source, explainers, 0, len(source), batch_size=64, fold_seed=0)
     for k in range(2):
@@ -117,8 +120,8 @@ def test_a_transfer_model_builds_offline_without_weights_and_imagenet_weights_fa
     monkeypatch.setattr(keras.applications, "MobileNetV2", offline)
     images, labels = np.zeros((4, 64, 64, 3), np.uint8), np.array([0, 1, 0, 1])
     with pytest.raises(AuditError, match="drop --weights"):
-        models.train_reference_model(images, labels, 2, tmp_path, "x",
-                                     models.TrainConfig(architecture="mobilenetv2", weights="imagenet"))
+        models.train_reference_model(images, labels, 2, cache_dir=tmp_path, dataset_fingerprint="x",
+                                     config=models.TrainConfig(architecture="mobilenetv2", weights="imagenet"))
 
 
 def test_blanking_the_region_a_model_relies_on_drops_only_its_class_accuracy():
@@ -127,8 +130,9 @@ def test_blanking_the_region_a_model_relies_on_drops_only_its_class_accuracy():
     keras.utils.set_random_seed(0)
     source = open_source(SourceSpec(split="train", train_size=600, test_size=10))
     images, labels, ids = source.arrays((32, 32))
-    trained = models.train_reference_model(images, labels, 5, Path(tempfile.mkdtemp()), "occlusion",
-                                           models.TrainConfig(epochs=6, width=8, augment=False),
+    trained = models.train_reference_model(images, labels, 5, cache_dir=Path(tempfile.mkdtemp()),
+                                           dataset_fingerprint="occlusion",
+                                           config=models.TrainConfig(epochs=6, width=8, augment=False),
                                            progress=lambda _: None)
     corner = heatmaps.corner_regions(32, 32)[heatmaps.CORNERS.index("bottom-right")]
     planted = source.class_names.index("triangle")

@@ -16,7 +16,8 @@ def planted_audit(n: int = 200, seed: int = 0):
         samples[findings.corner_column(corner)] = rng.uniform(0.5, 1.5, n)
     samples.loc[planted, "corner_focus_top_left"] += 3.0
     classes = pd.DataFrame({"class": range(4), "class_name": list("abcd"), "flagged": [False, True, False, False],
-                            "shortcut_score": [0.1, 0.5, 0.3, 0.05], "shortcut_statistic": "corner_focus"})
+                            "shortcut_score": [0.1, 0.5, 0.3, 0.05], "shortcut_statistic": "corner_focus",
+                            "measured_region": "the top-left corner", "region_column": "corner_focus_top_left"})
     return samples, classes
 
 
@@ -33,6 +34,7 @@ def test_a_found_artifact_ranks_first_and_its_samples_are_separated_by_the_short
 def test_the_score_is_measured_where_the_audit_looks_not_where_the_artifact_is():
     samples, classes = planted_audit()
     samples.loc[samples["label"] == 1, "corner_focus_bottom_right"] = 9.0  # the class favours another corner
+    classes.loc[1, ["measured_region", "region_column"]] = ["the bottom-right corner", "corner_focus_bottom_right"]
     figures = validation.detection_figures(samples, classes, "b")
     assert figures["suspected_region"] == "the bottom-right corner"
     assert figures["sample_auroc_within_class"] == 0.5  # stamped and clean images of the class tie there
