@@ -219,6 +219,14 @@ class _ProgressBar:
             self.progress.stop()
 
 
+class _WithoutUserErrors(logging.Filter):
+    """Prefect logs the exception that ends a task or flow run with its traceback; for a user error
+    (:class:`AuditError`) the command prints its own one-line message instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], AuditError))
+
+
 def _audit_with_progress(options: dict):
     """Run the audit; on a terminal, with a live progress bar under Prefect's log lines."""
     if not sys.stderr.isatty():
@@ -286,6 +294,8 @@ def _print_detection(figures: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     apply_environment_defaults()  # before anything imports TensorFlow or Prefect
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_WithoutUserErrors())
     try:
         if args.command == "apply-review":
             _apply_review(args)

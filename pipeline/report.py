@@ -115,7 +115,7 @@ def _distribution_plots(samples: pd.DataFrame, class_names: tuple[str, ...], ass
     plots = []
     for column, title in DISTRIBUTIONS.items():
         groups = [samples.loc[samples["label"] == k, column].dropna().to_numpy() for k in range(len(class_names))]
-        # A Figure of its own (not pyplot): no global backend or figure registry is touched.
+        # A Figure of its own, outside any global backend or figure registry.
         fig = Figure(figsize=(6.5, 0.35 * len(class_names) + 1.2), dpi=80)
         ax = fig.subplots()
         ax.boxplot(groups, vert=False, whis=(5, 95), showfliers=False, widths=0.6)

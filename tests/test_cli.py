@@ -1,5 +1,6 @@
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -21,9 +22,11 @@ def test_help_documents_every_option(command, capsys):
             assert option in text
 
 
-def test_the_console_script_and_python_m_both_answer():
-    result = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True)
-    assert result.returncode == 0 and "demo" in result.stdout
+@pytest.mark.parametrize("command", [[shutil.which("gradcam-audit") or "gradcam-audit"],
+                                     [sys.executable, "-m", "pipeline"]])
+def test_the_console_script_and_python_m_both_answer(command):
+    result = subprocess.run([*command, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "usage: gradcam-audit" in result.stdout and "demo" in result.stdout
 
 
 @pytest.mark.parametrize(

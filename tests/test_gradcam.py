@@ -6,7 +6,7 @@ from conftest import small_cnn
 
 from pipeline import AuditError
 from pipeline.gradcam import GradCAM, find_target_layer
-from pipeline.heatmaps import to_mass, upsample
+from pipeline.heatmaps import to_mass
 
 
 def logits_twin(model: keras.Model) -> keras.Model:
@@ -23,17 +23,54 @@ def _linear_copy(layer):
     return copy
 
 
-def reference_gradcam(model: keras.Model, layer: str, image: np.ndarray, class_index: int) -> np.ndarray:
-    """Grad-CAM of one image, step by step as in Selvaraju et al., combined in float64."""
+def activations_and_gradients(model: keras.Model, layer: str, image: np.ndarray, class_index: int):
+    """(A, dS/dA) of one image as float64 (h, w, K): the layer's activations and the gradient of the pre-softmax
+    score S of ``class_index``."""
     twin = logits_twin(model)
     grad_model = keras.Model(twin.inputs[0], [twin.get_layer(layer).output, twin.output])
     with tf.GradientTape() as tape:
         acts, logits = grad_model(image[None], training=False)
         score = logits[0, class_index]
     grads = tape.gradient(score, acts).numpy().astype(np.float64)[0]
-    acts = acts.numpy().astype(np.float64)[0]
+    return acts.numpy().astype(np.float64)[0], grads
+
+
+def reference_gradcam(model: keras.Model, layer: str, image: np.ndarray, class_index: int) -> np.ndarray:
+    """Grad-CAM of one image, step by step as in Selvaraju et al., combined in float64."""
+    acts, grads = activations_and_gradients(model, layer, image, class_index)
     weights = grads.mean(axis=(0, 1))
     return np.maximum((acts * weights).sum(axis=-1), 0.0)
+
+
+def reference_gradcam_plus_plus(model: keras.Model, layer: str, image: np.ndarray, class_index: int) -> np.ndarray:
+    """Grad-CAM++ of one image (Chattopadhay et al., WACV 2018, the closed form for exp(S^c)), in float64 loops.
+
+    alpha^kc_ij = g_ij^2 / (2 g_ij^2 + sum_ab A^k_ab g_ij^3) (0 where the denominator is 0),
+    w_k = sum_ij alpha^kc_ij relu(g_ij), CAM = relu(sum_k w_k A^k).
+    """
+    acts, grads = activations_and_gradients(model, layer, image, class_index)
+    h, w, channels = acts.shape
+    cam = np.zeros((h, w))
+    for k in range(channels):
+        total = acts[:, :, k].sum()
+        weight = 0.0
+        for i in range(h):
+            for j in range(w):
+                g = grads[i, j, k]
+                denominator = 2.0 * g**2 + total * g**3
+                alpha = g**2 / denominator if denominator != 0.0 else 0.0
+                weight += alpha * max(g, 0.0)
+        cam += weight * acts[:, :, k]
+    return np.maximum(cam, 0.0)
+
+
+def reference_hirescam(model: keras.Model, layer: str, image: np.ndarray, class_index: int) -> np.ndarray:
+    """HiResCAM of one image (Draelos & Carin, 2020), in float64: CAM_ij = relu(sum_k g^k_ij A^k_ij)."""
+    acts, grads = activations_and_gradients(model, layer, image, class_index)
+    cam = np.zeros(acts.shape[:2])
+    for k in range(acts.shape[2]):
+        cam += grads[:, :, k] * acts[:, :, k]
+    return np.maximum(cam, 0.0)
 
 
 @pytest.mark.parametrize("head", ["dense-softmax", "softmax-layer", "activation-layer", "logits"])
@@ -99,19 +136,35 @@ def test_a_dead_feature_map_gives_an_all_zero_cam_flagged_invalid_not_nan():
     assert not valid.any()
 
 
+REFERENCES = {"gradcam": reference_gradcam, "gradcam++": reference_gradcam_plus_plus, "hirescam": reference_hirescam}
+
+
+# conv_b feeds global average pooling, so its gradients are the same at every position (and HiResCAM equals
+# Grad-CAM there); conv_a sits below max pooling and another convolution, so its gradients vary in space.
+@pytest.mark.parametrize(("layer", "side"), [("conv_b", 8), ("conv_a", 16)])
+@pytest.mark.parametrize("head", ["dense-softmax", "logits"])
 @pytest.mark.parametrize("method", ["gradcam++", "hirescam"])
-def test_other_methods_give_non_negative_maps_of_the_layer_shape(method, images):
-    out = GradCAM(small_cnn(), method=method).explain(images, np.zeros(len(images), dtype=np.int64))
-    assert out.cam_pred.shape == (len(images), 8, 8)
-    assert (out.cam_pred >= 0).all() and np.isfinite(out.cam_pred).all()
-
-
-def test_upsampling_keeps_maps_non_negative_and_a_constant_map_constant():
-    maps = np.stack([np.full((4, 4), 2.0), np.eye(4)])
-    up = upsample(maps, (16, 16))
-    assert up.shape == (2, 16, 16)
-    assert (up >= 0).all()
-    np.testing.assert_allclose(up[0], 2.0)
+def test_other_methods_match_per_image_references_of_their_papers_formulas(method, head, layer, side, images):
+    model = small_cnn(head=head)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    out = GradCAM(model, layer=layer, method=method).explain(images, labels)
+    for cams in (out.cam_pred, out.cam_label):  # raw maps: the layer's resolution, non-negative, finite
+        assert cams.shape == (len(images), side, side)
+        assert (cams >= 0).all() and np.isfinite(cams).all()
+    got_pred, _ = to_mass(out.cam_pred)
+    got_label, _ = to_mass(out.cam_label)
+    reference = REFERENCES[method]
+    compared, unlike_gradcam = 0, 0
+    for i in range(len(images)):
+        for got, class_index in ((got_pred[i], int(out.pred[i])), (got_label[i], int(labels[i]))):
+            want, valid = to_mass(reference(model, layer, images[i], class_index)[None])
+            np.testing.assert_allclose(got, want[0], atol=1e-5)  # NaN (an empty map) only where the reference's is
+            compared += int(valid[0])
+            gradcam, _ = to_mass(reference_gradcam(model, layer, images[i], class_index)[None])
+            unlike_gradcam += int(valid[0] and np.abs(want[0] - gradcam[0]).max() > 1e-4)
+    assert compared >= len(images)  # most maps are non-empty, so the comparison is not vacuous
+    if not (method == "hirescam" and layer == "conv_b"):
+        assert unlike_gradcam >= len(images)  # and it tells the method apart from plain Grad-CAM
 
 
 # --- three architectures against a per-image reference that walks the network by hand -------------------------

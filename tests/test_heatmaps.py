@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from skimage.transform import resize
 
 from pipeline import heatmaps
 
@@ -92,3 +93,50 @@ def test_summarise_gives_a_column_per_corner_and_the_peak():
     assert stats["focus_corner"][0] == "top-right"
     assert stats["peak_row"][0] == pytest.approx(0.5 / 32) and stats["peak_col"][0] == pytest.approx(31.5 / 32)
     assert stats["background_attention"][0] == pytest.approx(1.0)
+
+
+# --- bilinear upsampling against scikit-image ------------------------------------------------------------------
+
+
+def skimage_bilinear(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An independent bilinear reference: scikit-image's first-order resize of each map in float64, edges clamped."""
+    return np.stack([resize(m.astype(np.float64), size, order=1, mode="edge", anti_aliasing=False) for m in maps])
+
+
+def test_the_skimage_reference_samples_at_pixel_centres():
+    # Output pixel i samples the input at (i + 0.5) * h / H - 0.5, clamped: worked out by hand on one row.
+    up = skimage_bilinear(np.array([[[0.0, 1.0]]]), (1, 4))  # x = -0.25, 0.25, 0.75, 1.25
+    np.testing.assert_allclose(up[0, 0], [0.0, 0.25, 0.75, 1.0])
+    down = skimage_bilinear(np.arange(6.0)[None, None], (1, 4))  # x = 0.25, 1.75, 3.25, 4.75
+    np.testing.assert_allclose(down[0, 0], [0.25, 1.75, 3.25, 4.75])
+
+
+@pytest.mark.parametrize(
+    ("shape", "size"),
+    [((7, 7), (224, 224)), ((4, 6), (16, 20)), ((8, 8), (32, 32)), ((5, 3), (17, 13)), ((6, 9), (6, 30)),
+     ((32, 32), (8, 8)), ((16, 12), (5, 7))],
+    ids=["7x7-224x224", "4x6-16x20", "8x8-32x32", "5x3-17x13", "rows-kept", "down-32x32-8x8", "down-16x12-5x7"],
+)
+def test_upsample_matches_skimage_bilinear_resize(shape, size):
+    maps = np.random.default_rng(sum(shape) + sum(size)).uniform(0, 1, (3, *shape))
+    got = heatmaps.upsample(maps, size)
+    assert got.shape == (3, *size) and got.dtype == np.float32
+    np.testing.assert_allclose(got, skimage_bilinear(maps, size), atol=1e-6)
+
+
+def test_upsample_to_the_input_size_returns_the_input():
+    maps = np.random.default_rng(0).uniform(0, 1, (2, 5, 7)).astype(np.float32)
+    np.testing.assert_array_equal(heatmaps.upsample(maps, (5, 7)), maps)
+
+
+def test_upsampling_keeps_maps_non_negative_and_a_constant_map_constant():
+    maps = np.stack([np.full((4, 4), 2.0), np.eye(4), np.full((4, 4), 0.5)])
+    maps[2, 1:3, 1:3] = 0.0  # zeros next to positive values: bilinear weights never go negative
+    up = heatmaps.upsample(maps, (16, 16))
+    assert up.shape == (3, 16, 16)
+    assert (up >= 0).all()
+    np.testing.assert_allclose(up[0], 2.0)
+    np.testing.assert_allclose(heatmaps.upsample(np.full((1, 7, 5), 3.0), (3, 11)), 3.0)  # also downsampled
+    mass, valid = heatmaps.to_mass(up)
+    assert valid.all() and (mass >= 0).all()
+    np.testing.assert_allclose(mass.sum(axis=(1, 2)), 1.0, rtol=1e-5)

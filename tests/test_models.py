@@ -100,7 +100,8 @@ def test_cross_fitted_samples_are_explained_by_the_model_of_their_fold(tmp_path)
     np.testing.assert_array_equal(folds, models.cross_fit_folds(ids, 2, seed=0))  # stable
     config = models.TrainConfig(epochs=1, width=4)
     trained = [models.train_reference_model(images[folds != k], labels[folds != k], 5, cache_dir=tmp_path,
-                                            dataset_fingerprint=f"fold{k}", config=config, progress=lambda _: None) for k in range(2)]
+                                            dataset_fingerprint=f"fold{k}", config=config, progress=lambda _: None)
+               for k in range(2)]
     explainers = [GradCAM(t.model) for t in trained]
     result = scan(source, explainers, 0, len(source), batch_size=64, fold_seed=0)
     for k in range(2):

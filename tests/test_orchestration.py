@@ -75,25 +75,50 @@ def test_only_io_errors_are_retried():
     assert not _transient(None, None, Failed(data=ValueError("bug")))
 
 
-def test_a_failed_run_leaves_no_prefect_server_behind(tmp_path):
-    broken = tmp_path / "broken" / "cat"
-    broken.mkdir(parents=True)
-    (broken / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")  # sniffs as JPEG, fails to decode
-    (tmp_path / "broken" / "dog").mkdir()
-    (tmp_path / "broken" / "dog" / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 neither")
+def truncated_jpeg(path: Path, seed: int) -> None:
+    """A JPEG whose header is intact (it opens and sniffs as a 16x16 image) but whose pixel data is cut off."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    data = buffer.getvalue()
+    path.write_bytes(data[: data.index(b"\xff\xda") + 20])  # up to just after the start of the scan
+
+
+def test_a_run_that_fails_inside_its_flow_leaves_no_prefect_server_behind(tmp_path):
+    from conftest import small_cnn
+
+    for name in ("cat", "dog"):
+        (tmp_path / "broken" / name).mkdir(parents=True)
+        for i in range(3):
+            truncated_jpeg(tmp_path / "broken" / name / f"{i}.jpg", seed=i)
+    small_cnn(num_classes=2).save(tmp_path / "model.keras")
     before = prefect_server_pids()
-    result = subprocess.run([sys.executable, "-m", "pipeline", "run", str(tmp_path / "broken"), "--epochs", "1"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert result.returncode in (1, 2)
+    result = subprocess.run([sys.executable, "-m", "pipeline", "run", str(tmp_path / "broken"), "--model",
+                             str(tmp_path / "model.keras")], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    # The flow started (its first log line), then failed inside it: every file is undecodable.
+    assert "auditing broken/all: 6 samples" in result.stdout + result.stderr
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("gradcam-audit: error:")]
+    assert errors == ["gradcam-audit: error: no sample of the split could be decoded; see the skipped inputs"]
+    assert "Traceback" not in result.stderr
     time.sleep(1)
     assert prefect_server_pids() - before == set()
 
 
-def test_shards_on_a_two_worker_dask_cluster_give_the_sequential_samples_table(tmp_path):
-    options = {"train_size": 300, "test_size": 400, "epochs": 1, "shard_size": 100}
-    sequential = audit("demo", out=str(tmp_path / "sequential"), **options)
-    parallel = audit("demo", out=str(tmp_path / "dask"), workers=2, **options)
+def test_shards_run_in_dask_worker_processes_and_give_the_sequential_samples_table(tmp_path):
+    options = {"train_size": 300, "test_size": 400, "epochs": 1}
+    sequential = audit("demo", out=str(tmp_path / "sequential"), shard_size=100, **options)
+    # Another shard size, so that no shard is taken from the store the sequential run filled.
+    parallel = audit("demo", out=str(tmp_path / "dask"), workers=2, shard_size=50, **options)
     pd.testing.assert_frame_equal(sequential.samples, parallel.samples)
+    assert {shard["pid"] for shard in sequential.meta["shards"]} == {os.getpid()}
+    workers = {shard["pid"] for shard in parallel.meta["shards"]}
+    assert len(parallel.meta["shards"]) == 8 and os.getpid() not in workers and 1 <= len(workers) <= 2
+    assert [(s["start"], s["stop"]) for s in parallel.meta["shards"]] == [(i, i + 50) for i in range(0, 400, 50)]
 
 
 def free_port() -> int:
