@@ -29,6 +29,11 @@ PLANTS = (
 )
 
 
+def spray_clusters(classes) -> dict:
+    """How many SpRAy clusters each class's heatmaps fall into."""
+    return dict(zip(classes["class_name"], classes["spray_clusters"].astype(int), strict=True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -45,18 +50,22 @@ def main() -> None:
         start = time.perf_counter()
         result = audit(str(args.data), artifact=artifact.as_dict(), out=str(args.out / artifact.kind), **options)
         figures = result.meta["validation"]
+        planted = result.classes.set_index("class_name").loc[artifact.class_name]
         rows.append({"artifact": f"{artifact.kind} ({artifact.position if artifact.kind != 'frame' else 'all round'}"
                                  f", size {artifact.size}, opacity {artifact.opacity})",
                      "accuracy": result.meta["results"]["accuracy"], "seconds": time.perf_counter() - start,
-                     **figures})
+                     "spray_clusters": spray_clusters(result.classes),
+                     "shortcut_cluster_share": planted["shortcut_cluster_share"],
+                     "shortcut_cluster_mass": planted["shortcut_cluster_focus"] * planted["region_share"], **figures})
     start = time.perf_counter()
     clean = audit(str(args.data), out=str(args.out / "clean"), **options)
     rows.append({"artifact": "none (control)", "planted_class": "-", "rank": None, "flagged": None,
                  "clean_classes_flagged": clean.flagged_classes, "accuracy": clean.meta["results"]["accuracy"],
-                 "seconds": time.perf_counter() - start})
+                 "seconds": time.perf_counter() - start, "spray_clusters": spray_clusters(clean.classes),
+                 "max_clean_tail_share": float(clean.classes["shortcut_score"].max())})
 
     print(f"\nCIFAR-10, reference CNN trained on {args.train_limit} planted train images for {args.epochs} epochs; "
-          f"test split audited (10,000 images); artifact on {args.rate:.0%} of the class's images")
+          f"test split audited ({len(clean.samples):,} images); artifact on {args.rate:.0%} of the class's images")
     print(f"{'artifact':52s} {'class':>6s} {'rank':>4s} {'flag':>5s} {'AUROC':>6s} {'P@k':>5s} {'P@100':>5s} "
           f"{'acc':>5s}  clean classes flagged")
     for row in rows:
@@ -67,6 +76,19 @@ def main() -> None:
         print(f"{row['artifact']:52s} {row['planted_class']:>6s} {row['rank']:4d} {str(row['flagged']):>5s} "
               f"{row['sample_auroc']:6.3f} {row['precision_at_stamped']:5.3f} {row['precision_at_100']:5.3f} "
               f"{row['accuracy']:5.3f}  {', '.join(row['clean_classes_flagged']) or 'none'}")
+    print("\nDid the model learn it? Tail share of the planted class vs the largest clean class's; within the class, "
+          "median focus on the blamed region and accuracy, stamped vs clean images; SpRAy clusters per class")
+    for row in rows:
+        if row["rank"] is None:
+            print(f"{row['artifact']:52s} largest tail share {row['max_clean_tail_share']:.3f}; SpRAy "
+                  f"{row['spray_clusters']}")
+            continue
+        print(f"{row['artifact']:52s} tail {row['planted_tail_share']:.3f} vs clean <= "
+              f"{row['max_clean_tail_share']:.3f}; focus {row['stamped_median_focus']:.2f} vs "
+              f"{row['clean_median_focus']:.2f}; accuracy "
+              f"{row['stamped_accuracy']:.2f} vs {row['clean_accuracy']:.2f}; SpRAy {row['spray_clusters']}, the "
+              f"shortcut cluster {row['shortcut_cluster_share']:.0%} of the class, {row['shortcut_cluster_mass']:.0%}"
+              " of its mean heatmap on the blamed region")
     print(f"reports in {args.out}")
     print(json.dumps(rows, default=str))
 

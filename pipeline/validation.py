@@ -36,6 +36,9 @@ def detection_figures(samples: pd.DataFrame, classes: pd.DataFrame, planted_clas
     mine = samples["label"].to_numpy() == k
     uses = samples["flags"].str.contains("uses_shortcut").to_numpy()
     flagged = classes.loc[classes["flagged"], "class_name"].tolist()
+    finite = np.isfinite(score)
+    clean_tails = classes.loc[classes["class_name"] != planted_class, "shortcut_score"]
+    correct = (samples["label"] == samples["pred"]).to_numpy() if "pred" in samples else None
     return {
         "planted_class": planted_class,
         "stamped_samples": int(stamped.sum()),
@@ -49,4 +52,18 @@ def detection_figures(samples: pd.DataFrame, classes: pd.DataFrame, planted_clas
         "precision_at_100": precision_at(score, stamped, 100),
         "uses_shortcut_precision": float(stamped[uses].mean()) if uses.any() else float("nan"),
         "uses_shortcut_recall": float(uses[stamped].mean()) if stamped.any() else float("nan"),
+        # Did the model learn the artifact at all? The class's tail share against the largest of the clean
+        # classes', and, within the class, how stamped and clean images differ in focus and in accuracy.
+        "planted_tail_share": float(classes.loc[classes["class"] == k, "shortcut_score"].iloc[0]),
+        "max_clean_tail_share": float(clean_tails.max()) if clean_tails.notna().any() else float("nan"),
+        "stamped_median_focus": _median(score[stamped & mine & finite]),
+        "clean_median_focus": _median(score[~stamped & mine & finite]),
+        "stamped_accuracy": float(correct[stamped & mine].mean()) if correct is not None and
+        (stamped & mine).any() else float("nan"),
+        "clean_accuracy": float(correct[~stamped & mine].mean()) if correct is not None and
+        (~stamped & mine).any() else float("nan"),
     }
+
+
+def _median(values: np.ndarray) -> float:
+    return float(np.median(values)) if len(values) else float("nan")

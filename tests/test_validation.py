@@ -29,6 +29,9 @@ def test_a_found_artifact_ranks_first_and_its_samples_are_separated_by_the_short
     assert figures["sample_auroc"] == pytest.approx(1.0) and figures["precision_at_stamped"] == pytest.approx(1.0)
     assert figures["uses_shortcut_precision"] == 1.0 and figures["uses_shortcut_recall"] == 1.0
     assert figures["stamped_samples"] == 25
+    # Whether the model learnt it: the class's tail share against the clean classes', focus of stamped vs clean.
+    assert figures["planted_tail_share"] == 0.5 and figures["max_clean_tail_share"] == 0.3
+    assert figures["stamped_median_focus"] > figures["clean_median_focus"] + 2.5
 
 
 def test_the_score_is_measured_where_the_audit_looks_not_where_the_artifact_is():
