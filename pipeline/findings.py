@@ -67,6 +67,7 @@ def build_tables(
     class_names: tuple[str, ...],
     image_size: tuple[int, int],
     thresholds: Thresholds,
+    *,
     occlusion: Occlusion | None = None,
 ) -> AuditTables:
     """All findings of an audit from its merged per-sample table, probabilities and CAMs.

@@ -117,7 +117,8 @@ def find_duplicates(spec: SourceSpec, model_paths: list[str], config: AuditConfi
 @task(cache_policy=NO_CACHE)
 def write_report(out: Path, config: AuditConfig, tables: findings.AuditTables) -> Path:
     source = open_source(runs.source_spec(config))
-    return report.write_report(out, source, tables, config.gallery_size, runs.other_training_split(config, source))
+    return report.write_report(out, source, tables, gallery_size=config.gallery_size,
+                               other=runs.other_training_split(config, source))
 
 
 def task_runner(config: AuditConfig):

@@ -50,7 +50,7 @@ def blank(images: np.ndarray, region: np.ndarray) -> np.ndarray:
 
 
 def occlusion_check(explainer: GradCAM, source: Source, labels: np.ndarray, sample_ids: np.ndarray, k: int,
-                    region: np.ndarray, max_samples: int = 300, batch_size: int = 128,
+                    region: np.ndarray, *, max_samples: int = 300, batch_size: int = 128,
                     seed: int = 0) -> OcclusionResult:
     """Accuracy of class ``k`` and of the other classes with and without ``region`` blanked (at the model's size).
 

@@ -196,7 +196,7 @@ def _history(out_dir: Path, tables: AuditTables) -> dict | None:
             "previous_link": f"../{directory.name}/index.html", "rows": rows}
 
 
-def write_report(out_dir: Path, source: Source, tables: AuditTables, gallery_size: int = 24,
+def write_report(out_dir: Path, source: Source, tables: AuditTables, *, gallery_size: int = 24,
                  other: Source | None = None) -> Path:
     """Write the complete report directory ``out_dir`` and return it; refuses to overwrite an existing one.
 

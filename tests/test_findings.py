@@ -49,7 +49,7 @@ def table_with_corner_subpopulation(k: int, share: float = 0.3) -> tuple[pd.Data
 
 def build(samples, probs, occlusion=None, cams=None):
     cams = np.ones((len(samples), 4, 4), dtype=np.float32) if cams is None else cams
-    return findings.build_tables(samples, probs, cams, CLASSES, (32, 32), findings.Thresholds(), occlusion)
+    return findings.build_tables(samples, probs, cams, CLASSES, (32, 32), findings.Thresholds(), occlusion=occlusion)
 
 
 def occlusion_result(class_drop: float, others_drop: float = 0.0) -> OcclusionResult:
