@@ -9,8 +9,9 @@ import argparse
 import logging
 import sys
 
-from . import AuditError, artifacts, audit
+from . import AuditError, _supervise, artifacts, audit
 from .config import CAM_METHODS, PREPROCESSING, AuditConfig, Thresholds
+from .errors import quoted
 from .settings import apply_environment_defaults
 
 DEFAULTS = AuditConfig()
@@ -221,10 +222,17 @@ class _ProgressBar:
 
 class _WithoutUserErrors(logging.Filter):
     """Prefect logs the exception that ends a task or flow run with its traceback; for a user error
-    (:class:`AuditError`) the command prints its own one-line message instead."""
+    (:class:`AuditError`) or an interrupt the command prints its own one-line message instead."""
+
+    def __init__(self, interrupts: _supervise.Interrupts | None = None):
+        super().__init__()
+        self.interrupts = interrupts
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], AuditError))
+        if not record.exc_info:
+            return True
+        interrupted = self.interrupts is not None and self.interrupts.received
+        return not (interrupted or isinstance(record.exc_info[1], AuditError | KeyboardInterrupt))
 
 
 def _audit_with_progress(options: dict):
@@ -255,12 +263,16 @@ def _audit_options(args: argparse.Namespace, *extra: str) -> dict:
 
 
 def _schedule(args: argparse.Namespace) -> None:
-    from .flows import serve_schedule
-
     options = _audit_options(args, "name", "cron")
     if options.get("out"):
         raise AuditError("a schedule writes a new report each run: drop --out")
-    serve_schedule(args.name, args.cron, AuditConfig(**options))
+    config = AuditConfig(**options)
+    config.check_paths()
+    Thresholds.from_overrides(config.thresholds)
+    from .flows import check_cron, serve_schedule
+
+    check_cron(args.cron)
+    serve_schedule(args.name, args.cron, config)
 
 
 ARTIFACT_OPTIONS = ("artifact", "class_name", "position", "size", "opacity", "rate", "text")
@@ -291,11 +303,33 @@ def _print_detection(figures: dict) -> None:
           f", recall {figures['uses_shortcut_recall']:.3f}")
 
 
+#: Commands that run an audit: as a program they run it in a supervised child process (:mod:`pipeline._supervise`).
+AUDIT_COMMANDS = ("demo", "run", "validate")
+#: Printed when an audit is interrupted (Ctrl-C, SIGTERM).
+INTERRUPTED = ("gradcam-audit: interrupted; no report was written. Shards finished so far are kept: the next run with "
+               "the same options reuses them")
+
+
+def _precheck(options: dict) -> None:
+    """What the supervising process checks before it starts the audit: options and paths, without TensorFlow."""
+    planted = {name: options[name] for name in ARTIFACT_OPTIONS if name in options}
+    if planted:
+        artifacts.Artifact(**{k: v for k, v in planted.items() if k not in ("artifact", "class_name")},
+                           kind=planted["artifact"], class_name=planted["class_name"] or "?")
+    config = AuditConfig(**{k: v for k, v in options.items() if k not in ARTIFACT_OPTIONS})
+    config.check_paths()
+    Thresholds.from_overrides(config.thresholds)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line. Run as a program (``argv`` None), an audit command runs in a supervised child process, so
+    that Ctrl-C and SIGTERM stop it cleanly; called with ``argv`` (tests, other Python code), it runs in-process."""
     args = build_parser().parse_args(argv)
     apply_environment_defaults()  # before anything imports TensorFlow or Prefect
-    for name in ("prefect.flow_runs", "prefect.task_runs"):
-        logging.getLogger(name).addFilter(_WithoutUserErrors())
+    interrupts = _supervise.become_child() if argv is None and _supervise.is_child() else None
+    quiet = _WithoutUserErrors(interrupts)
+    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.engine", "prefect"):
+        logging.getLogger(name).addFilter(quiet)
     try:
         if args.command == "apply-review":
             _apply_review(args)
@@ -306,14 +340,27 @@ def main(argv: list[str] | None = None) -> int:
         options = _audit_options(args)
         if args.command == "demo":
             options["dataset"] = "demo"
+        if argv is None and interrupts is None:
+            _precheck(options)
+            return _supervise.run_supervised(sys.argv[1:])
         if args.command == "validate":
             options = _planted_options(options)
         result = _audit_with_progress(options)
     except AuditError as err:
-        print(f"gradcam-audit: error: {' '.join(str(err).split())}", file=sys.stderr)
+        message = " ".join(str(err).split())
+        print(f"gradcam-audit: error: {message[:2000]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("gradcam-audit: interrupted; no report was written", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
+    except Exception as err:
+        if interrupts is not None and interrupts.received:
+            print(INTERRUPTED, file=sys.stderr)
+            return 130
+        if not isinstance(err, OSError):
+            raise
+        print(f"gradcam-audit: error: {err.strerror or err}"
+              + (f": {quoted(str(err.filename))}" if err.filename else ""), file=sys.stderr)
         return 1
     if result.meta.get("validation"):
         _print_detection(result.meta["validation"])

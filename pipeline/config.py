@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from .errors import AuditError
+from .errors import AuditError, quoted
 
 #: How raw 0-255 RGB pixels are turned into a model's input, by name (``--preprocess``); implemented by
 #: :func:`pipeline.models.preprocess_function`.
@@ -41,21 +42,42 @@ class Thresholds:
     min_duplicate_similarity: float = 0.9  # near duplicate: cosine of centred penultimate-layer embeddings ...
     min_pixel_correlation: float = 0.95  # ... and correlation of 16x16 RGB thumbnails
 
+    def __post_init__(self):
+        for name, (low, high) in THRESHOLD_RANGES.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise AuditError(f"threshold {name} must be in [{low}, {high}], got {value}")
+
     def as_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_overrides(cls, overrides: dict | None) -> Thresholds:
-        """The defaults with ``overrides`` (name -> number) applied; unknown names or non-numbers are refused."""
+        """The defaults with ``overrides`` (name -> number) applied; unknown names, non-numbers and values out of
+        their range (:data:`THRESHOLD_RANGES`) are refused."""
         overrides = overrides or {}
         known = cls.__dataclass_fields__
         unknown = sorted(set(overrides) - set(known))
         if unknown:
-            raise AuditError(f"unknown threshold(s) {', '.join(unknown)}; known: {', '.join(known)}")
+            raise AuditError(f"unknown threshold(s) {', '.join(quoted(u) for u in unknown)}; known: {', '.join(known)}")
         try:
-            return cls(**{name: float(value) for name, value in overrides.items()})
+            values = {name: float(value) for name, value in overrides.items()}
         except (TypeError, ValueError):
-            raise AuditError(f"thresholds must be numbers, got {overrides}") from None
+            raise AuditError(f"thresholds must be numbers, got {quoted(overrides)}") from None
+        return cls(**values)
+
+
+#: The values each threshold may take (inclusive): probabilities and shares in [0, 1], cosines and correlations
+#: in [-1, 1], a ratio of means above 0.
+THRESHOLD_RANGES = {
+    "min_focus_ratio": (0.0, float("inf")),
+    "min_auroc": (0.0, 1.0),
+    "tail_quantile": (0.0, 1.0),
+    "min_tail_share": (0.0, 1.0),
+    "min_occlusion_drop": (-1.0, 1.0),
+    "min_duplicate_similarity": (-1.0, 1.0),
+    "min_pixel_correlation": (-1.0, 1.0),
+}
 
 
 @dataclass(frozen=True)
@@ -111,6 +133,37 @@ class AuditConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def check_paths(self) -> None:
+        """The checks of this configuration that need only the file system (no TensorFlow, no Prefect), so that the
+        command line answers a mistyped path or an unusable ``--out`` at once: a folder dataset, the model file and
+        the mask folder exist, and the report directory is free and can be written."""
+        looks_like_path = "/" in self.dataset or self.dataset.startswith(".")
+        if self.dataset != "demo" and looks_like_path and not Path(self.dataset).is_dir():
+            raise AuditError(f"image folder {quoted(self.dataset)} does not exist")
+        if self.model is not None:
+            model = Path(self.model)
+            if not model.is_file():
+                raise AuditError(f"model file {quoted(self.model)} does not exist")
+            if model.suffix not in (".keras", ".h5"):
+                raise AuditError(f"model file {quoted(self.model)} must be a .keras or .h5 file saved by Keras")
+        if self.masks is not None and not Path(self.masks).is_dir():
+            raise AuditError(f"mask folder {quoted(self.masks)} does not exist")
+        if self.out is not None:
+            check_out_dir(Path(self.out))
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse a report directory that exists, or whose parent cannot be created or written to."""
+    if out.exists():
+        raise AuditError(f"report directory {quoted(str(out))} already exists; choose another --out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.parent / f".{out.name}.probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise AuditError(f"cannot write the report directory {quoted(str(out))}: {err.strerror or err}") from None
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -158,6 +159,20 @@ class SyntheticSource(Source):
 # --- image folders ---------------------------------------------------------------------------------------------
 
 
+def printable(name: str) -> str:
+    """A file or folder name as text: itself when it is valid UTF-8, else with its undecodable bytes written as
+    backslash escapes (``caf\\xe9.jpg``), so that it can go into tables, JSON and HTML and stays unique."""
+    return name if _utf8(name) else os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
 
@@ -191,30 +206,32 @@ class FolderSource(Source):
             split = spec.split or ("test" if "test" in splits else None)
             if split not in splits:
                 raise AuditError(f"image folder {spec.name!r} has splits {', '.join(splits)}; choose one with --split")
-            class_names = sorted({c.name for d in top for c in _subdirs(d)})
+            class_dirs = sorted({c.name for d in top for c in _subdirs(d)})
             class_root = root / split
         else:
             if spec.split not in (None, "all"):
                 raise AuditError(f"image folder {spec.name!r} has no split folders, so it is one split, 'all'; "
                                  f"drop --split {spec.split}")
-            split, class_names, class_root = "all", [d.name for d in top], root
+            split, class_dirs, class_root = "all", [d.name for d in top], root
 
         self.spec, self.root, self.name, self.split = spec, root, root.name, split
-        self.class_names = tuple(class_names)
+        # Folder and file names are bytes to the file system; the ones that are not UTF-8 are shown (and keyed)
+        # with backslash escapes, and opened by their real names.
+        self.class_names = tuple(printable(name) for name in class_dirs)
         paths, labels, fast, sizes, stats, self.skipped = [], [], [], set(), [], []
-        for label, name in enumerate(self.class_names):
+        for label, name in enumerate(class_dirs):
             folder = class_root / name
             if not folder.is_dir():
                 continue
             for path in sorted(p for p in folder.iterdir() if p.is_file() and _visible(p)):
-                rel = path.relative_to(root).as_posix()
+                rel = printable(path.relative_to(root).as_posix())
                 try:
                     ordinary, shape = _decode.sniff(path)
                 except _decode.Unreadable as err:
                     self.skipped.append({"sample_id": rel, "reason": str(err)})
                     continue
                 stat = path.stat()
-                fast.append(ordinary)
+                fast.append(ordinary and _utf8(str(path)))  # TensorFlow's reader takes UTF-8 paths only
                 sizes.add(shape)
                 paths.append(path)
                 labels.append(label)
@@ -306,8 +323,11 @@ class FolderSource(Source):
         return Batch(images, self.labels[indices], self.sample_ids[indices], skipped=skipped or [])
 
     def load(self, sample_ids):
-        index = {sid: i for i, sid in enumerate(self.sample_ids)}
-        return [_decode.decode_careful(Path(self.paths[index[sid]])) for sid in sample_ids]
+        return [_decode.decode_careful(Path(self.paths[self._index[sid]])) for sid in sample_ids]
+
+    @functools.cached_property
+    def _index(self) -> dict[str, int]:
+        return {sid: i for i, sid in enumerate(self.sample_ids)}
 
 
 # --- tensorflow-datasets ---------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from prefect.futures import as_completed
 from . import findings, models, occlusion, report, runs, samples, validation
 from .config import AuditConfig, AuditResult, Thresholds
 from .datasets import SourceSpec, open_source
-from .errors import AuditError
+from .errors import AuditError, quoted
 from .settings import cache_dir
 
 
@@ -229,9 +229,15 @@ def audit_flow(
     """
     parameters = locals()
     config = AuditConfig(**{field.name: parameters[field.name] for field in dataclasses.fields(AuditConfig)})
-    logger, started, now, timings = get_run_logger(), time.perf_counter(), datetime.now(), {}
     source = runs.check_config(config)  # again here: deployments start the flow without pipeline.audit()
-    out_dir = Path(out) if out else runs.default_out_dir(source, now)
+    out_dir = Path(out) if out else runs.default_out_dir(source, datetime.now())
+    with runs.reserved(out_dir):
+        return _audit(config, source, out_dir, progress)
+
+
+def _audit(config: AuditConfig, source, out_dir: Path, progress: Progress | None) -> AuditResult:
+    """The plan of an audit: the model, the shards, the findings and duplicates, the run's record, the report."""
+    logger, started, now, timings = get_run_logger(), time.perf_counter(), datetime.now(), {}
     logger.info("auditing %s/%s: %d samples, %d classes, %d inputs skipped", source.name, source.split,
                 len(source), len(source.class_names), len(source.skipped))
     tick = time.perf_counter()
@@ -260,22 +266,28 @@ def audit_flow(
     return AuditResult(report_dir, tables.samples, tables.classes, tables.meta, tables.duplicates)
 
 
+def check_cron(cron: str) -> None:
+    """Refuse a cron expression Prefect would not schedule, before anything else is checked or started."""
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=cron)
+    except ValueError:
+        raise AuditError(f"--cron {quoted(cron)} is not a valid cron expression (for example '0 3 * * 1')") from None
+
+
 def serve_schedule(name: str, cron: str, config: AuditConfig) -> None:
     """Create or update the deployment ``gradcam-audit/<name>`` with a cron schedule on the Prefect server named by
     ``PREFECT_API_URL``, and serve it: this process runs the scheduled audits until it is stopped (Ctrl-C)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.schedules import CronSchedule
     from prefect.deployments.runner import EntrypointType
     from prefect.settings import PREFECT_API_URL
 
+    check_cron(cron)
     url = PREFECT_API_URL.value()
     if not url:
         raise AuditError("scheduling needs a Prefect server (the ephemeral API cannot run schedules): start one with "
                          "`prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api")
-    try:
-        CronSchedule(cron=cron)
-    except ValueError:
-        raise AuditError(f"--cron {cron!r} is not a valid cron expression (for example '0 3 * * 1')") from None
     with get_client(sync_client=True) as client:
         if client.api_healthcheck() is not None:
             raise AuditError(f"no Prefect server answers at {url}; start one with `prefect server start`")

@@ -5,9 +5,13 @@ Reference models carry their own ``Rescaling`` layer, so they take raw 0-255 pix
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import time
+import uuid
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +23,7 @@ import tensorflow as tf
 
 from ._hashing import sample_hash
 from .config import PREPROCESSING
-from .errors import AuditError
+from .errors import AuditError, quoted
 
 if TYPE_CHECKING:
     from .datasets import Source
@@ -158,15 +162,20 @@ def load_model(path: str | Path, unsafe: bool = False) -> keras.Model:
     """Load a ``.keras`` or ``.h5`` classifier in Keras safe mode, which refuses arbitrary code from the file
     (a ``Lambda`` layer's Python function); ``unsafe=True`` (``--unsafe-model``) allows it for a trusted file."""
     path = check_model_file(path)
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        # Keras says "File not found" of a .keras file that is not a zip archive; the file is there, but broken.
+        raise AuditError(f"model file {quoted(str(path))} is corrupt: a .keras file is a zip archive and this one is "
+                         "not (truncated, or not saved by Keras)")
     try:
         return keras.saving.load_model(path, safe_mode=not unsafe, compile=False)
     except ValueError as err:
         if "safe_mode" in str(err) or "arbitrary code" in str(err):
-            raise AuditError(f"model {str(path)!r} contains arbitrary Python code (a Lambda layer), which safe mode "
-                             "refuses; pass --unsafe-model only if you trust the file") from None
-        raise AuditError(f"could not load model {str(path)!r}: {str(err).splitlines()[0]}") from None
-    except (OSError, TypeError, KeyError) as err:
-        raise AuditError(f"could not load model {str(path)!r}: {type(err).__name__}: {err}") from None
+            raise AuditError(f"model {quoted(str(path))} contains arbitrary Python code (a Lambda layer), which safe "
+                             "mode refuses; pass --unsafe-model only if you trust the file") from None
+        raise AuditError(f"could not load model {quoted(str(path))}: {str(err).splitlines()[0][:200]}") from None
+    except (OSError, TypeError, KeyError, zipfile.BadZipFile, EOFError) as err:
+        raise AuditError(f"model file {quoted(str(path))} is corrupt or not a Keras model "
+                         f"({type(err).__name__}: {str(err)[:200]})") from None
 
 
 def preprocess_function(name: str) -> Callable[[tf.Tensor], tf.Tensor]:
@@ -230,10 +239,40 @@ def train_reference_model(
     key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"reference-{key}.keras"
     meta_path = path.with_suffix(".json")
-    if path.exists() and meta_path.exists():
-        model = load_model(path)
-        return TrainedModel(model, path, fingerprint_model(model), json.loads(meta_path.read_text()), 0.0, True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # One run trains a given model; another that needs it meanwhile waits and then loads it.
+    with open(path.with_suffix(".lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress(f"another run is training this reference model ({path.name}); waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists() and meta_path.exists():
+            model = load_model(path)
+            return TrainedModel(model, path, fingerprint_model(model), json.loads(meta_path.read_text()), 0.0, True)
+        model, history, seconds = _fit(images, labels, num_classes, config, validation, progress)
+        _save(model, history, path, meta_path)
+    return TrainedModel(model, path, fingerprint_model(model), history, seconds, False)
 
+
+def _save(model: keras.Model, history: dict, path: Path, meta_path: Path) -> None:
+    """Write a cache entry so that no reader ever sees half of it: each file under a unique temporary name, then
+    renamed into place, the model last (an entry counts only when both files exist)."""
+    tag = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp_model, tmp_meta = path.with_name(path.stem + tag + ".keras"), meta_path.with_name(meta_path.name + tag)
+    try:
+        tmp_meta.write_text(json.dumps(history))
+        model.save(tmp_model)
+        tmp_meta.replace(meta_path)
+        tmp_model.replace(path)
+    finally:
+        tmp_model.unlink(missing_ok=True)
+        tmp_meta.unlink(missing_ok=True)
+
+
+def _fit(images: np.ndarray, labels: np.ndarray, num_classes: int, config: TrainConfig,
+         validation: tuple[np.ndarray, np.ndarray] | None, progress: Callable[[str], None]):
+    """Build and train a reference model by ``config``: (model, accuracy history per epoch, seconds)."""
     keras.utils.set_random_seed(config.seed)
     if config.architecture == "mobilenetv2":
         try:
@@ -276,12 +315,7 @@ def train_reference_model(
                        callbacks=[_ProgressCallback(config.epochs, progress)])
     seconds = time.perf_counter() - start
     history = {k: [float(v) for v in values] for k, values in result.history.items() if "accuracy" in k}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.keras")
-    model.save(tmp)
-    tmp.replace(path)
-    meta_path.write_text(json.dumps(history))
-    return TrainedModel(model, path, fingerprint_model(model), history, seconds, False)
+    return model, history, seconds
 
 
 def train_reference_models(

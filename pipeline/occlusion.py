@@ -61,8 +61,14 @@ def occlusion_check(explainer: GradCAM, source: Source, labels: np.ndarray, samp
     n = min(max_samples, len(mine), len(others))
     chosen = np.concatenate([rng.choice(mine, n, replace=False), rng.choice(others, n, replace=False)])
     size = region.shape
-    images = np.stack([_decode.resize(image, size) for image in source.load(list(sample_ids[chosen]))])
-    truth = labels[chosen]
+    images, readable = [], np.ones(len(chosen), dtype=bool)
+    for i, sample_id in enumerate(sample_ids[chosen]):
+        try:
+            images.append(_decode.resize(source.load([sample_id])[0], size))
+        except _decode.Unreadable:  # gone since it was audited: the check does without it
+            readable[i] = False
+    images, truth = np.stack(images), labels[chosen][readable]
+    n = int(readable[:n].sum())
 
     def predict(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Whether each prediction is right, and the probability of the true label."""

@@ -6,6 +6,7 @@ only when complete, so a report directory is either whole or absent.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from PIL import Image
 
+from ._decode import Unreadable
 from .datasets import Source
 from .duplicates import COLUMNS as DUPLICATE_COLUMNS
 from .duplicates import pair_counts
@@ -77,13 +79,21 @@ def _display(image: np.ndarray) -> Image.Image:
     return pil
 
 
+def _original(source: Source, sample_id: str) -> np.ndarray:
+    """The original image of a sample, or a grey square if it can no longer be read (deleted since the audit)."""
+    try:
+        return source.load([sample_id])[0]
+    except Unreadable:
+        return np.full((DISPLAY_SIZE, DISPLAY_SIZE, 3), 128, dtype=np.uint8)
+
+
 def _sample_cards(source: Source, tables: AuditTables, rows: pd.DataFrame, assets: Path, prefix: str) -> list[dict]:
     """Write original / heatmap / overlay images of ``rows`` and return what the templates show of them.
 
     Overlays use the original image (shrunk for display when large), with the CAM upsampled to its size.
     """
     cards = []
-    originals = source.load(rows["sample_id"].tolist()) if len(rows) else []
+    originals = [_original(source, sample_id) for sample_id in rows["sample_id"]]
     for i, ((position, row), original) in enumerate(zip(rows.iterrows(), originals, strict=True)):
         image = np.asarray(_display(original))
         scaled, heat = _heat_rgb(tables.cams[position][None], image.shape[:2])
@@ -157,7 +167,7 @@ def _duplicate_pairs(pairs: pd.DataFrame | None, sources: dict[str, Source], ass
         pictures = {}
         for side, split, sample_id in (("a", row.split_a, row.sample_id_a), ("b", row.split_b, row.sample_id_b)):
             name = f"dup-{i:03d}-{side}.png"
-            _display(sources[split].load([sample_id])[0]).save(assets / name)
+            _display(_original(sources[split], sample_id)).save(assets / name)
             pictures[side] = f"assets/{name}"
         shown.append({**row._asdict(), "image_a": pictures["a"], "image_b": pictures["b"]})
     return {"counts": pair_counts(pairs), "pairs": shown, "total": len(pairs)}
@@ -211,7 +221,18 @@ def write_report(out_dir: Path, source: Source, tables: AuditTables, *, gallery_
         assets.mkdir(parents=True)
         _write_report_files(tmp, assets, source, tables, gallery_size, _history(out_dir, tables), out_dir.name,
                             other)
-        os.rename(tmp, out_dir)
+        try:
+            os.rename(tmp, out_dir)
+        except OSError as err:
+            if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            # Something else created out_dir meanwhile: the finished report goes beside it rather than being lost.
+            out_dir = out_dir.with_name(f"{out_dir.name}-{tables.meta.get('run_id', uuid.uuid4().hex)[:8]}")
+            os.rename(tmp, out_dir)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise AuditError(f"could not write the report directory {str(out_dir)!r} ({err.strerror or err}); "
+                         "nothing was written") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

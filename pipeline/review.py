@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import AuditError
+from .errors import AuditError, quoted
 
 DECISIONS = ("keep", "relabel", "remove")
 REVIEW_COLUMNS = ("run_id", "sample_id", "decision", "new_label")
@@ -36,16 +36,16 @@ def apply_review(review_csv: str | Path, report_dir: str | Path | None = None,
     report_dir = Path(report_dir) if report_dir else review_csv.parent
     out_dir = Path(out_dir) if out_dir else review_csv.parent
     if not review_csv.is_file():
-        raise AuditError(f"review file {str(review_csv)!r} does not exist")
+        raise AuditError(f"review file {quoted(str(review_csv))} does not exist")
     if not (report_dir / "audit.json").is_file() or not (report_dir / "samples.parquet").is_file():
-        raise AuditError(f"{str(report_dir)!r} is not a complete report directory; pass it with --report")
+        raise AuditError(f"{quoted(str(report_dir))} is not a complete report directory; pass it with --report")
     try:
         review = pd.read_csv(review_csv, dtype=str, keep_default_na=False)
     except (ValueError, pd.errors.ParserError) as err:
-        raise AuditError(f"review file {str(review_csv)!r} is not a CSV file ({err})") from None
+        raise AuditError(f"review file {quoted(str(review_csv))} is not a CSV file ({str(err)[:200]})") from None
     missing = [c for c in REVIEW_COLUMNS if c not in review.columns]
     if missing:
-        raise AuditError(f"review file {str(review_csv)!r} lacks the column(s) {', '.join(missing)}; export it "
+        raise AuditError(f"review file {quoted(str(review_csv))} lacks the column(s) {', '.join(missing)}; export it "
                          "from the report's Review section")
 
     meta = json.loads((report_dir / "audit.json").read_text())
@@ -54,22 +54,23 @@ def apply_review(review_csv: str | Path, report_dir: str | Path | None = None,
     problems = []
     foreign = sorted(set(review["run_id"]) - {meta["run_id"]})
     if foreign:
-        problems.append(f"it belongs to run(s) {', '.join(foreign)}, not to this report's run {meta['run_id']}")
+        problems.append(f"it belongs to run(s) {', '.join(map(quoted, foreign[:3]))}, not to this report's run "
+                        f"{meta['run_id']}")
     unknown = sorted(set(review["sample_id"]) - set(samples["sample_id"]))
     if unknown:
-        problems.append(f"{len(unknown)} sample(s) were not audited in this run, e.g. {unknown[0]!r}")
+        problems.append(f"{len(unknown)} sample(s) were not audited in this run, e.g. {quoted(unknown[0])}")
     bad_decisions = sorted(set(review["decision"]) - set(DECISIONS))
     if bad_decisions:
-        problems.append(f"unknown decision(s) {', '.join(map(repr, bad_decisions))}; use {', '.join(DECISIONS)}")
+        problems.append(f"unknown decision(s) {', '.join(map(quoted, bad_decisions[:5]))}; use {', '.join(DECISIONS)}")
     relabel = review["decision"] == "relabel"
     bad_labels = sorted(set(review.loc[relabel, "new_label"]) - set(classes))
     if bad_labels:
-        problems.append(f"unknown new label(s) {', '.join(map(repr, bad_labels))}")
+        problems.append(f"unknown new label(s) {', '.join(map(quoted, bad_labels[:5]))}")
     duplicated = sorted(set(review.loc[review["sample_id"].duplicated(), "sample_id"]))
     if duplicated:
-        problems.append(f"{len(duplicated)} sample(s) have more than one decision, e.g. {duplicated[0]!r}")
+        problems.append(f"{len(duplicated)} sample(s) have more than one decision, e.g. {quoted(duplicated[0])}")
     if problems:
-        raise AuditError(f"review file {str(review_csv)!r} does not fit report {str(report_dir)!r}: "
+        raise AuditError(f"review file {quoted(str(review_csv))} does not fit report {quoted(str(report_dir))}: "
                          + "; ".join(problems))
 
     old = samples.set_index("sample_id")["label_name"]

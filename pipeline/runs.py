@@ -6,19 +6,23 @@ Plain functions of an :class:`~pipeline.config.AuditConfig`; the Prefect flow (:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import platform
 import re
+import secrets
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from . import duplicates, models
 from .artifacts import Artifact
-from .config import AuditConfig, Thresholds
+from .config import AuditConfig, Thresholds, check_out_dir
 from .datasets import Source, SourceSpec, SyntheticSource, open_source, spec_for
-from .errors import AuditError
+from .errors import AuditError, quoted
 from .gradcam import GradCAM
 
 #: Packages whose versions every run records.
@@ -62,10 +66,33 @@ def other_training_split(config: AuditConfig, audited: Source) -> Source | None:
 
 
 def default_out_dir(source: Source, now: datetime) -> Path:
-    """``reports/demo-<time>`` for the demo, ``reports/<dataset>-<split>-<time>`` otherwise."""
+    """``reports/demo-<time>-<random>`` for the demo, ``reports/<dataset>-<split>-<time>-<random>`` otherwise: runs
+    started in the same second get different directories."""
     stamp = now.strftime("%Y%m%d-%H%M%S")
     name = "demo" if isinstance(source, SyntheticSource) else f"{source.name}-{source.split}"
-    return Path("reports") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}-{stamp}"
+    return Path("reports") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}-{stamp}-{secrets.token_hex(3)}"
+
+
+@contextlib.contextmanager
+def reserved(out: Path) -> Iterator[None]:
+    """Hold the report directory ``out`` for the run in this block: a second run given the same ``out`` is refused
+    at its start, not after its work. The hold is an exclusive lock on ``.<name>.lock`` beside ``out`` (released by
+    the kernel if the process dies, so a killed run blocks nothing); the lock file is removed at the end."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = out.parent / f".{out.name}.lock"
+    handle = open(lock, "a")  # held open, and locked, for the whole block
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise AuditError(f"another run is writing the report directory {quoted(str(out))}; choose another --out") \
+            from None
+    try:
+        check_out_dir(out)  # taken since this run's own first check?
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        handle.close()
 
 
 def preprocess_name(config: AuditConfig) -> str:
@@ -110,17 +137,19 @@ def describe_model(config: AuditConfig, paths: list[str], *, origin: str, traine
 def check_config(config: AuditConfig) -> Source:
     """Open the source (and the user's model) and check what can be checked before the flow starts, so that user
     errors raise :class:`AuditError` with their message instead of failing a flow run."""
-    source = open_source(source_spec(config))
-    models.preprocess_function(preprocess_name(config))
+    config.check_paths()
     Thresholds.from_overrides(config.thresholds)
+    source = open_source(source_spec(config))
+    if len(source.class_names) < 2:
+        raise AuditError(f"{quoted(config.dataset)} has {len(source.class_names)} class "
+                         f"({', '.join(map(quoted, source.class_names))}); a classifier's audit needs at least two")
+    models.preprocess_function(preprocess_name(config))
     if config.model is not None:
         model = explainer(config, config.model).model
         models.check_fit(model, source.class_names)
         if config.preprocess is None and not models.has_own_preprocessing(model):
             raise AuditError("the model has no Rescaling or Normalization layer of its own: declare how it expects "
                              f"its pixels with --preprocess ({', '.join(models.PREPROCESSING)})")
-    if config.out is not None and Path(config.out).exists():
-        raise AuditError(f"report directory {config.out!r} already exists; choose another --out")
     return source
 
 

@@ -39,7 +39,7 @@ def test_the_console_script_and_python_m_both_answer(command):
         (["run", "demo", "--split", "validation"], "splits 'train' and 'test'"),
         (["validate", "demo", "--artifact", "corner", "--class", "zebra"], "class 'zebra' is not in the dataset"),
         (["validate", "demo", "--artifact", "stamp", "--rate", "2"], "--rate must be in (0, 1]"),
-        (["demo", "--threshold", "min_tail=0.3"], "unknown threshold(s) min_tail; known: min_focus_ratio"),
+        (["demo", "--threshold", "min_tail=0.3"], "unknown threshold(s) 'min_tail'; known: min_focus_ratio"),
         (["validate", "demo", "--artifact", "frame", "--model", "m.keras"], "it cannot use --model"),
     ],
 )

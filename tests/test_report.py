@@ -1,3 +1,4 @@
+import errno
 import json
 from pathlib import Path
 
@@ -41,12 +42,29 @@ def test_a_failure_while_writing_leaves_no_report_directory(tmp_path, monkeypatc
 
     def broken(*args, **kwargs):
         Path(args[0], "samples.csv").write_text("half")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(report, "_write_report_files", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(AuditError, match=r"could not write the report directory .*No space left on device.*nothing "
+                                         "was written"):
         report.write_report(tmp_path / "run", source, tables)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_a_report_directory_taken_while_the_report_was_written_gets_its_report_beside_it(tmp_path, monkeypatch):
+    source, tables = hostile_audit(tmp_path)
+    tables.meta["run_id"] = "abcdef0123456789"
+    write = report._write_report_files
+
+    def meanwhile(*args, **kwargs):
+        write(*args, **kwargs)
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "someone-elses.txt").write_text("x")
+
+    monkeypatch.setattr(report, "_write_report_files", meanwhile)
+    out = report.write_report(tmp_path / "run", source, tables)
+    assert out == tmp_path / "run-abcdef01" and (out / "index.html").is_file()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["someone-elses.txt"]
 
 
 def test_an_existing_report_directory_is_never_overwritten(tmp_path):
