@@ -90,11 +90,11 @@ def run_supervised(argv: list[str]) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    try:  # whatever the child left behind (a server, a Dask worker's server) goes with its group
+        os.killpg(child.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
     if signals:
-        try:  # whatever the child left behind (a server, Dask workers) goes with its group
-            os.killpg(child.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         if status not in (130, 2):
             print("gradcam-audit: interrupted; no report was written", file=sys.stderr)
         return 130

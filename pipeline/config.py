@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -153,10 +154,27 @@ class AuditConfig:
             check_out_dir(Path(self.out))
 
 
+def out_lock(out: Path) -> Path:
+    """The lock file a run holds while it may write the report directory ``out`` (:func:`pipeline.runs.reserved`)."""
+    return out.parent / f".{out.name}.lock"
+
+
+def taken_by_another_run(out: Path) -> AuditError:
+    return AuditError(f"another run is writing the report directory {quoted(str(out))}; choose another --out")
+
+
 def check_out_dir(out: Path) -> None:
-    """Refuse a report directory that exists, or whose parent cannot be created or written to."""
+    """Refuse a report directory that exists or that another run is writing, or whose parent cannot be created or
+    written to."""
     if out.exists():
         raise AuditError(f"report directory {quoted(str(out))} already exists; choose another --out")
+    try:
+        with open(out_lock(out)) as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when closed
+    except BlockingIOError:
+        raise taken_by_another_run(out) from None
+    except OSError:
+        pass  # no lock file: nobody holds it
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         probe = out.parent / f".{out.name}.probe-{os.getpid()}"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import duplicates, models
 from .artifacts import Artifact
-from .config import AuditConfig, Thresholds, check_out_dir
+from .config import AuditConfig, Thresholds, out_lock, taken_by_another_run
 from .datasets import Source, SourceSpec, SyntheticSource, open_source, spec_for
 from .errors import AuditError, quoted
 from .gradcam import GradCAM
@@ -79,16 +79,16 @@ def reserved(out: Path) -> Iterator[None]:
     at its start, not after its work. The hold is an exclusive lock on ``.<name>.lock`` beside ``out`` (released by
     the kernel if the process dies, so a killed run blocks nothing); the lock file is removed at the end."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    lock = out.parent / f".{out.name}.lock"
+    lock = out_lock(out)
     handle = open(lock, "a")  # held open, and locked, for the whole block
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise AuditError(f"another run is writing the report directory {quoted(str(out))}; choose another --out") \
-            from None
+        raise taken_by_another_run(out) from None
     try:
-        check_out_dir(out)  # taken since this run's own first check?
+        if out.exists():  # taken since this run's own first check?
+            raise AuditError(f"report directory {quoted(str(out))} already exists; choose another --out")
         yield
     finally:
         lock.unlink(missing_ok=True)

@@ -112,3 +112,14 @@ def test_validate_plants_an_artifact_and_prints_how_well_the_audit_found_it(tmp_
     assert figures["sample_auroc"] >= 0.95 and figures["precision_at_stamped"] >= 0.8
     assert figures["suspected_region"] == "the top-left corner"
     assert json.loads((tmp_path / "report" / "audit.json").read_text())["dataset"]["planted"]["kind"] == "corner"
+
+
+def test_default_report_names_of_runs_started_in_the_same_second_differ():
+    from datetime import datetime
+
+    from pipeline.datasets import SourceSpec, open_source
+    from pipeline.runs import default_out_dir
+
+    source, now = open_source(SourceSpec(train_size=20, test_size=10)), datetime(2026, 1, 2, 3, 4, 5)
+    names = {default_out_dir(source, now).name for _ in range(50)}
+    assert len(names) == 50 and all(re.fullmatch(r"demo-20260102-030405-[0-9a-f]{6}", n) for n in names)

@@ -203,3 +203,37 @@ def test_sniffing_reports_the_displayed_size_of_an_exif_rotated_photo(tmp_path):
     path = save(tmp_path / "rotated.jpg", solid(size=(20, 12)), exif=exif)
     fast, size = _decode.sniff(path)
     assert not fast and size == (20, 12)
+
+
+def test_a_file_deleted_after_opening_is_a_recorded_skip_and_its_report_picture_a_placeholder(tmp_path):
+    from pipeline import report
+
+    source = FolderSource(SourceSpec(kind="folder", name=str(folder_of(tmp_path, {"a": 3, "b": 3}))))
+    (tmp_path / "data" / "a" / "0001.jpg").unlink()
+    batches = all_batches(source)
+    assert sum(len(b.labels) for b in batches) == 5
+    assert [s for b in batches for s in b.skipped] == [{"sample_id": "a/0001.jpg", "reason": _decode.GONE}]
+    picture = report._original(source, "a/0001.jpg")
+    assert picture.shape == (report.DISPLAY_SIZE, report.DISPLAY_SIZE, 3) and (picture == 128).all()
+
+
+def test_names_that_are_not_utf8_are_read_by_their_bytes_and_shown_escaped(tmp_path):
+    import os
+
+    root = folder_of(tmp_path, {"a": 2, "b": 2})
+    os.rename(root / "a" / "0000.jpg", os.path.join(os.fsencode(root / "a"), b"caf\xe9.jpg"))
+    os.rename(root / "b", os.path.join(os.fsencode(root), b"b\xff"))
+    source = FolderSource(SourceSpec(kind="folder", name=str(root)))
+    assert source.class_names == ("a", "b\\xff")
+    assert sorted(source.sample_ids) == ["a/0001.jpg", "a/caf\\xe9.jpg", "b\\xff/0000.jpg", "b\\xff/0001.jpg"]
+    assert sum(len(b.labels) for b in all_batches(source)) == 4 and source.skipped == []
+    assert source.load(["a/caf\\xe9.jpg"])[0].shape == (12, 20, 3)
+
+
+def test_an_image_above_the_pixel_limit_is_refused_from_its_header(tmp_path, monkeypatch):
+    path = save(tmp_path / "big.png", solid(size=(300, 200)))
+    monkeypatch.setattr(_decode, "MAX_PIXELS", 50_000)
+    with pytest.raises(_decode.Unreadable, match=r"too large to decode safely: 300x200 pixels"):
+        _decode.sniff(path)
+    with pytest.raises(_decode.Unreadable, match=r"too large"):
+        _decode.decode_careful(path)
