@@ -14,7 +14,9 @@ import tensorflow as tf
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 #: What the report and audit.json say about how images reach the model.
-RESIZE_POLICY = "bilinear resize with antialiasing to the model's input size; aspect ratio not kept"
+RESIZE_POLICY = ("bilinear resize with antialiasing to the model's input size; aspect ratio not kept; a JPEG at least "
+                 "twice that size on both sides is first decoded at 1/2, 1/4 or 1/8 scale (libjpeg, in the DCT "
+                 "domain), the largest that stays at least that size")
 #: Transparent pixels are composited over this background.
 BACKGROUND = (255, 255, 255)
 _FAST_FORMATS = {"JPEG", "PNG", "GIF", "BMP"}
@@ -32,9 +34,9 @@ class Unreadable(Exception):
     """A file that cannot be decoded as an image; the message is the reason recorded for it."""
 
 
-def sniff(path: Path) -> tuple[bool, tuple[int, int]]:
-    """Whether TensorFlow's decoder reads the file correctly (else it needs :func:`decode_careful`), and the
-    image's (height, width) as displayed (after its EXIF orientation).
+def sniff(path: Path) -> tuple[bool, tuple[int, int], str]:
+    """Whether TensorFlow's decoder reads the file correctly (else it needs :func:`decode_careful`), the image's
+    (height, width) as displayed (after its EXIF orientation), and its format (``JPEG``, ``PNG``, ...).
 
     Raises :class:`Unreadable` with the reason for an empty, unreadable or non-image file. Reads only the header.
     """
@@ -53,7 +55,7 @@ def sniff(path: Path) -> tuple[bool, tuple[int, int]]:
             if width * height > MAX_PIXELS:
                 raise Unreadable(_too_large(width, height))
             # Orientations 5 to 8 turn the image by 90 degrees.
-            return fast, ((width, height) if orientation in (5, 6, 7, 8) else (height, width))
+            return fast, ((width, height) if orientation in (5, 6, 7, 8) else (height, width)), image.format
     except PermissionError:
         raise Unreadable("permission denied") from None
     except FileNotFoundError:
@@ -100,6 +102,18 @@ def decode_careful(path: Path) -> np.ndarray:
         raise Unreadable(f"refused as a decompression bomb: {err}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise Unreadable(f"undecodable: {err}") from None
+
+
+#: Reduced scales at which libjpeg can decode a JPEG in the DCT domain (1/2, 1/4, 1/8 of each side).
+JPEG_SCALES = (1, 2, 4, 8)
+
+
+def jpeg_scale(shape: tuple[int, int], size: tuple[int, int]) -> int:
+    """The largest of :data:`JPEG_SCALES` at which a JPEG of ``shape`` (height, width) still decodes to at least
+    ``size`` on both sides (libjpeg rounds up), so that the resize to ``size`` only ever shrinks: decoding a large
+    photo at 1/4 scale costs about a sixteenth of the full decode."""
+    fits = [r for r in JPEG_SCALES if -(-shape[0] // r) >= size[0] and -(-shape[1] // r) >= size[1]]
+    return max(fits, default=1)
 
 
 def resize_tensor(images: np.ndarray | tf.Tensor, size: tuple[int, int]) -> tf.Tensor:

@@ -201,8 +201,8 @@ def test_sniffing_reports_the_displayed_size_of_an_exif_rotated_photo(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotated by 90 degrees
     path = save(tmp_path / "rotated.jpg", solid(size=(20, 12)), exif=exif)
-    fast, size = _decode.sniff(path)
-    assert not fast and size == (20, 12)
+    fast, size, kind = _decode.sniff(path)
+    assert not fast and size == (20, 12) and kind == "JPEG"
 
 
 def test_a_file_deleted_after_opening_is_a_recorded_skip_and_its_report_picture_a_placeholder(tmp_path):
@@ -237,3 +237,24 @@ def test_an_image_above_the_pixel_limit_is_refused_from_its_header(tmp_path, mon
         _decode.sniff(path)
     with pytest.raises(_decode.Unreadable, match=r"too large"):
         _decode.decode_careful(path)
+
+
+def test_the_jpeg_scale_is_the_largest_that_still_decodes_to_at_least_the_model_size():
+    assert _decode.jpeg_scale((375, 500), (96, 96)) == 2  # 188x250 at 1/2; 94 rows at 1/4 would be too few
+    assert _decode.jpeg_scale((768, 1023), (96, 96)) == 8  # 96x128 at 1/8
+    assert _decode.jpeg_scale((761, 1023), (96, 96)) == 8  # libjpeg rounds up: 761 rows give 96 at 1/8
+    assert _decode.jpeg_scale((760, 1023), (96, 96)) == 4  # ... and 760 only 95
+    assert _decode.jpeg_scale((150, 150), (224, 224)) == 1  # smaller than the model: full size, then upscaled
+
+
+def test_a_large_jpeg_decoded_at_reduced_scale_matches_the_full_decode_after_the_resize(tmp_path):
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 256, (24, 32, 3)), np.ones((20, 20, 1))).astype(np.uint8)  # 480x640, blocks
+    save(tmp_path / "data" / "a" / "big.jpg", Image.fromarray(smooth), quality=95)
+    save(tmp_path / "data" / "b" / "small.png", solid())
+    source = FolderSource(SourceSpec(kind="folder", name=str(tmp_path / "data")))
+    assert source._scales(np.array([0, 1]), (96, 96)).tolist() == [2, 0]  # 1/4 for the JPEG; a PNG at full size
+    reduced = next(b for b in all_batches(source, (96, 96)) if "a/big.jpg" in b.sample_ids)
+    image = reduced.images[list(reduced.sample_ids).index("a/big.jpg")]
+    full = _decode.resize(_decode.decode_careful(tmp_path / "data" / "a" / "big.jpg"), (96, 96))
+    assert np.abs(image.astype(int) - full.astype(int)).mean() < 3.0
