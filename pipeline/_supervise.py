@@ -94,8 +94,12 @@ def run_supervised(argv: list[str]) -> int:
         os.killpg(child.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    if signals:
+    if signals and status != 0:  # an audit that finished while being interrupted keeps its success
         if status not in (130, 2):
             print("gradcam-audit: interrupted; no report was written", file=sys.stderr)
         return 130
+    if status < 0:  # killed by a signal nobody here sent (the kernel's out-of-memory killer, say)
+        print(f"gradcam-audit: error: the audit process was killed by signal {-status} "
+              f"({signal.Signals(-status).name}); no report was written", file=sys.stderr)
+        return 128 - status
     return status

@@ -303,8 +303,6 @@ def _print_detection(figures: dict) -> None:
           f", recall {figures['uses_shortcut_recall']:.3f}")
 
 
-#: Commands that run an audit: as a program they run it in a supervised child process (:mod:`pipeline._supervise`).
-AUDIT_COMMANDS = ("demo", "run", "validate")
 #: Printed when an audit is interrupted (Ctrl-C, SIGTERM).
 INTERRUPTED = ("gradcam-audit: interrupted; no report was written. Shards finished so far are kept: the next run with "
                "the same options reuses them")
@@ -327,9 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     apply_environment_defaults()  # before anything imports TensorFlow or Prefect
     interrupts = _supervise.become_child() if argv is None and _supervise.is_child() else None
-    quiet = _WithoutUserErrors(interrupts)
     for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.engine", "prefect"):
-        logging.getLogger(name).addFilter(quiet)
+        logger = logging.getLogger(name)
+        for old in [f for f in logger.filters if isinstance(f, _WithoutUserErrors)]:  # main() called again
+            logger.removeFilter(old)
+        logger.addFilter(_WithoutUserErrors(interrupts))
     try:
         if args.command == "apply-review":
             _apply_review(args)

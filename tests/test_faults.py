@@ -299,3 +299,17 @@ def test_a_full_disk_while_the_report_is_written_leaves_no_partial_report(folder
     assert errors == [f"gradcam-audit: error: could not write the report directory '{tmp_path / 'out'}' (No space "
                       "left on device); nothing was written"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "model.keras"]
+
+
+def test_an_audit_killed_from_outside_is_reported_in_one_line_and_its_processes_ended(tmp_path):
+    cache = tmp_path / "cache"
+    run = Run([*DEMO, "--epochs", "1"], tmp_path, cache)
+    run.wait_for(r"shard 2/15 done")
+    audit = next(pid for pid in marked_processes(run.mark)
+                 if b"-m\x00pipeline" in Path(f"/proc/{pid}/cmdline").read_bytes())
+    os.kill(audit, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    status, output = run.finish(timeout=60)
+    assert status == 137 and error_lines(output) == [
+        "gradcam-audit: error: the audit process was killed by signal 9 (SIGKILL); no report was written"]
+    time.sleep(1)
+    assert marked_processes(run.mark) == []  # its Prefect server went with it
