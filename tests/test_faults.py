@@ -145,8 +145,9 @@ def test_two_runs_at_once_share_the_model_cache_and_never_collide(tmp_path):
     assert len(reports) == 2 and all((r / "index.html").is_file() for r in reports)
     # One model in the cache: the run that came second waited for the first's training (a lock), or loaded it.
     assert len(list((cache / "models").glob("*.keras"))) == 1
-    # Known, not fixed: two runs that persist the same shard result at once can make Prefect log a traceback
-    # (its result files are written in place); the runs still succeed, which is what is asserted here.
+    # Known, not fixed: two runs started together on a fresh Prefect home start two ephemeral servers that migrate
+    # the same SQLite database at once; one server logs the migration's traceback ("duplicate column name"), and
+    # both runs still succeed, which is what is asserted here.
     for run, output in ((first, out_a), (second, out_b)):
         assert_clean_exit(run, output, tmp_path, cache, tracebacks=True)
 
