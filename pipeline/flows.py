@@ -7,6 +7,7 @@ table and sentence is computed by the core modules, and the run's record by :mod
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -119,6 +120,26 @@ def write_report(out: Path, config: AuditConfig, tables: findings.AuditTables) -
     source = open_source(runs.source_spec(config))
     return report.write_report(out, source, tables, gallery_size=config.gallery_size,
                                other=runs.other_training_split(config, source))
+
+
+def start_local_server() -> None:
+    """Start Prefect's ephemeral API server now, one process at a time per Prefect home, when no server is configured.
+
+    Runs started together on a fresh Prefect home would otherwise start two servers that run the database
+    migrations of the same SQLite file at once (one fails with "duplicate column name"). A lock on
+    ``$PREFECT_HOME/.gradcam-audit-server.lock`` orders the starts; the flow then reuses this process's server
+    (Prefect keeps one per process).
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+
+    if PREFECT_API_URL.value():  # a configured server: nothing to start
+        return
+    home = Path(PREFECT_HOME.value())
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".gradcam-audit-server.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        SubprocessASGIServer().start()
 
 
 def task_runner(config: AuditConfig):
