@@ -143,15 +143,21 @@ class AuditConfig:
         if self.dataset != "demo" and looks_like_path and not Path(self.dataset).is_dir():
             raise AuditError(f"image folder {quoted(self.dataset)} does not exist")
         if self.model is not None:
-            model = Path(self.model)
-            if not model.is_file():
-                raise AuditError(f"model file {quoted(self.model)} does not exist")
-            if model.suffix not in (".keras", ".h5"):
-                raise AuditError(f"model file {quoted(self.model)} must be a .keras or .h5 file saved by Keras")
+            check_model_file(self.model)
         if self.masks is not None and not Path(self.masks).is_dir():
             raise AuditError(f"mask folder {quoted(self.masks)} does not exist")
         if self.out is not None:
             check_out_dir(Path(self.out))
+
+
+def check_model_file(path: str | Path) -> Path:
+    """The path of an existing ``.keras`` or ``.h5`` file, or an :class:`AuditError` saying what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise AuditError(f"model file {quoted(str(path))} does not exist")
+    if path.suffix not in (".keras", ".h5"):
+        raise AuditError(f"model file {quoted(str(path))} must be a .keras or .h5 file saved by Keras")
+    return path
 
 
 def out_lock(out: Path) -> Path:

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from ._hashing import sample_hash
-from .config import PREPROCESSING
+from .config import PREPROCESSING, check_model_file
 from .errors import AuditError, quoted
 
 if TYPE_CHECKING:
@@ -146,16 +146,6 @@ def fingerprint_model(model: keras.Model) -> str:
     for weight in model.weights:
         digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
     return digest.hexdigest()[:16]
-
-
-def check_model_file(path: str | Path) -> Path:
-    """The path of an existing ``.keras`` or ``.h5`` file, or an :class:`AuditError` saying what is wrong."""
-    path = Path(path)
-    if not path.is_file():
-        raise AuditError(f"model file {str(path)!r} does not exist")
-    if path.suffix not in (".keras", ".h5"):
-        raise AuditError(f"model file {str(path)!r} must be a .keras or .h5 file saved by Keras")
-    return path
 
 
 def load_model(path: str | Path, unsafe: bool = False) -> keras.Model:
