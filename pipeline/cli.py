@@ -46,9 +46,11 @@ def _add_audit_options(parser: argparse.ArgumentParser) -> None:
                              + " (required for a model without its own Rescaling/Normalization layer)")
     parser.add_argument("--unsafe-model", action="store_true",
                         help="allow arbitrary Python code (Lambda layers) in a --model file you trust")
-    parser.add_argument("--cross-fit", type=int, default=0, metavar="K",
+    parser.add_argument("--cross-fit", type=int, default=None, metavar="K",
                         help="train K reference models on K folds of the audited split and explain every sample "
-                             "with the model that did not see it (out-of-sample predictions for the training split)")
+                             "with the model that did not see it (out-of-sample predictions for the training split; "
+                             "default: 5 when the reference model would otherwise train on the audited split, as "
+                             "for a folder without split folders; 0: in-sample predictions)")
     parser.add_argument("--weights", choices=["imagenet"],
                         help="reference model: a MobileNetV2 pretrained on ImageNet at 160x160 (downloads the "
                              "weights once; default: a small CNN trained from scratch)")
@@ -81,6 +83,10 @@ def _add_audit_options(parser: argparse.ArgumentParser) -> None:
                              + ", ".join(f"{name} (default {value})" for name, value in Thresholds().as_dict().items()))
     parser.add_argument("--gallery-size", type=_positive, default=DEFAULTS.gallery_size, metavar="N",
                         help="samples shown per gallery in the report (default: %(default)s)")
+    parser.add_argument("--link-images", action="store_true",
+                        help="image folders: the report's explorer shows the dataset's own files, linked by relative "
+                             "paths, instead of thumbnails in sprite sheets (a smaller report that needs the dataset "
+                             "beside it)")
 
 
 def _add_demo_sizes(parser: argparse.ArgumentParser) -> None:
@@ -174,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
         "apply-review", help="turn a review.csv exported from a report into label corrections",
         description="Check REVIEW_CSV (exported from a report's Review section) against its report - same run id, "
                     "audited samples, known labels - and write label-corrections.csv and label-corrections.json "
-                    "(sample_id, action relabel/remove, old and new label) for a data pipeline to apply.",
+                    "(sample_id, action relabel/remove, old and new label) for a data pipeline to apply, and "
+                    "label-manifest.csv (every audited sample_id with its label after the review, or 'removed').",
     )
     review.add_argument("review_csv", metavar="REVIEW_CSV", help="the review.csv exported from the report")
     review.add_argument("--report", metavar="DIR", help="the report directory (default: the folder of REVIEW_CSV)")
@@ -252,7 +259,8 @@ def _apply_review(args: argparse.Namespace) -> None:
     corrections = apply_review(args.review_csv, args.report, args.out)
     actions = corrections.table["action"].value_counts()
     print(f"{actions.get('relabel', 0)} relabelled, {actions.get('remove', 0)} removed, {corrections.kept} kept")
-    print(f"corrections: {corrections.csv_path} and {corrections.json_path}")
+    print(f"corrections: {corrections.csv_path} and {corrections.json_path}; every sample's label after the review: "
+          f"{corrections.manifest_path}")
 
 
 def _audit_options(args: argparse.Namespace, *extra: str) -> dict:

@@ -40,8 +40,8 @@ class Thresholds:
     tail_quantile: float = 0.95  # "more focused than other classes' images": above this quantile of theirs
     min_tail_share: float = 0.25  # a sub-population: this share of the class above it (5x the 5% expected)
     min_occlusion_drop: float = 0.05  # blanking the region: class's label-probability loss minus the others'
-    min_duplicate_similarity: float = 0.9  # near duplicate: cosine of centred penultimate-layer embeddings ...
-    min_pixel_correlation: float = 0.95  # ... and correlation of 16x16 RGB thumbnails
+    min_duplicate_correlation: float = 0.92  # near duplicate: aligned correlation of the thumbnails' details ...
+    min_colour_correlation: float = 0.6  # ... and of each colour channel's 8x8 block means
 
     def __post_init__(self):
         for name, (low, high) in THRESHOLD_RANGES.items():
@@ -76,8 +76,8 @@ THRESHOLD_RANGES = {
     "tail_quantile": (0.0, 1.0),
     "min_tail_share": (0.0, 1.0),
     "min_occlusion_drop": (-1.0, 1.0),
-    "min_duplicate_similarity": (-1.0, 1.0),
-    "min_pixel_correlation": (-1.0, 1.0),
+    "min_duplicate_correlation": (-1.0, 1.0),
+    "min_colour_correlation": (-1.0, 1.0),
 }
 
 
@@ -99,11 +99,14 @@ class AuditConfig:
     train_size: int = 3000  # demo dataset only
     test_size: int = 1000  # demo dataset only
     gallery_size: int = 24
+    link_images: bool = False  # image folders: the report's explorer links the dataset's files instead of thumbnails
     data_dir: str | None = None  # tfds: a prepared copy
     masks: str | None = None  # image folders: foreground masks named like the images
     preprocess: str | None = None  # pixels -> model input (models.PREPROCESSING); None: "none" for reference models
     unsafe_model: bool = False  # allow arbitrary code (Lambda layers) in a trusted --model file
-    cross_fit: int = 0  # K >= 2: K reference models on K folds of the audited split, each sample audited out of fold
+    # K >= 2: K reference models on K folds of the audited split, each sample audited out of fold; 0: in-sample;
+    # None: runs.DEFAULT_CROSS_FIT folds when a reference model would train on the audited split, else 0.
+    cross_fit: int | None = None
     weights: str | None = None  # "imagenet": a pretrained MobileNetV2 reference model (needs network once)
     workers: int = 0  # N >= 1: run shards on a local Dask cluster of N worker processes
     dask_address: str | None = None  # run shards on an existing Dask cluster (tcp://host:port)
@@ -116,7 +119,7 @@ class AuditConfig:
                 raise AuditError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.method not in CAM_METHODS:
             raise AuditError(f"unknown Grad-CAM method {self.method!r}; choose from {', '.join(CAM_METHODS)}")
-        if self.cross_fit == 1 or self.cross_fit < 0:
+        if self.cross_fit is not None and (self.cross_fit == 1 or self.cross_fit < 0):
             raise AuditError(f"--cross-fit needs at least 2 folds, got {self.cross_fit}")
         if self.cross_fit and self.model is not None:
             raise AuditError("--cross-fit trains its own reference models; it cannot be combined with --model")
@@ -129,6 +132,9 @@ class AuditConfig:
         if self.artifact and self.model is not None:
             raise AuditError("validate trains a reference model on the planted data; it cannot use --model (a model "
                              "that never saw the artifact has no shortcut to find)")
+        if self.link_images and self.artifact:
+            raise AuditError("--link-images shows the files as they are on disk, without the planted artifact; "
+                             "validate cannot use it")
         if self.weights and self.model is not None:
             raise AuditError("--weights chooses the reference model's weights; it cannot be combined with --model")
 
@@ -144,6 +150,9 @@ class AuditConfig:
             raise AuditError(f"image folder {quoted(self.dataset)} does not exist")
         if self.model is not None:
             check_model_file(self.model)
+        if self.link_images and not Path(self.dataset).is_dir():
+            raise AuditError("--link-images links the files of an image folder; "
+                             f"{quoted(self.dataset)} is not one (drop the option: the report carries thumbnails)")
         if self.masks is not None and not Path(self.masks).is_dir():
             raise AuditError(f"mask folder {quoted(self.masks)} does not exist")
         if self.out is not None:

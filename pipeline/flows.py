@@ -101,25 +101,24 @@ def find(spec: SourceSpec, model_paths: list[str], config: AuditConfig, merged: 
 
 
 @task(cache_policy=NO_CACHE)
-def find_duplicates(spec: SourceSpec, model_paths: list[str], config: AuditConfig, merged: samples.ShardResult,
-                    image_size: tuple[int, int], thresholds: Thresholds):
+def find_duplicates(spec: SourceSpec, config: AuditConfig, merged: samples.ShardResult, image_size: tuple[int, int],
+                    thresholds: Thresholds):
     """Exact and near duplicates within the audited split and, when the training split is another one, between the
-    two (leakage). Embeddings come from one model (the first fold's when cross-fitting), so they are comparable."""
+    two (leakage). From the pixels the model saw, not from the model."""
     audited = open_source(spec)
     other = runs.other_training_split(config, audited)
     if other is not None:
         get_run_logger().info("looking for duplicates of the %d audited samples among the %d of %s/%s",
                               len(merged.table), len(other), other.name, other.split)
-    return samples.split_duplicates(audited, merged, runs.explainer(config, model_paths[0]), size=image_size,
-                                    batch_size=config.batch_size, thresholds=thresholds,
-                                    reembed=len(model_paths) > 1, other=other)
+    return samples.split_duplicates(audited, merged, size=image_size, batch_size=config.batch_size,
+                                    thresholds=thresholds, other=other)
 
 
 @task(cache_policy=NO_CACHE)
 def write_report(out: Path, config: AuditConfig, tables: findings.AuditTables) -> Path:
     source = open_source(runs.source_spec(config))
     return report.write_report(out, source, tables, gallery_size=config.gallery_size,
-                               other=runs.other_training_split(config, source))
+                               other=runs.other_training_split(config, source), link_images=config.link_images)
 
 
 def start_local_server() -> None:
@@ -229,11 +228,12 @@ def audit_flow(
     train_size: int = 3000,
     test_size: int = 1000,
     gallery_size: int = 24,
+    link_images: bool = False,
     data_dir: str | None = None,
     masks: str | None = None,
     preprocess: str | None = None,
     unsafe_model: bool = False,
-    cross_fit: int = 0,
+    cross_fit: int | None = None,
     weights: str | None = None,
     workers: int = 0,
     dask_address: str | None = None,
@@ -259,6 +259,7 @@ def audit_flow(
 def _audit(config: AuditConfig, source, out_dir: Path, progress: Progress | None) -> AuditResult:
     """The plan of an audit: the model, the shards, the findings and duplicates, the run's record, the report."""
     logger, started, now, timings = get_run_logger(), time.perf_counter(), datetime.now(), {}
+    config = runs.with_cross_fit(config, source)
     logger.info("auditing %s/%s: %d samples, %d classes, %d inputs skipped", source.name, source.split,
                 len(source), len(source.class_names), len(source.skipped))
     tick = time.perf_counter()
@@ -273,7 +274,7 @@ def _audit(config: AuditConfig, source, out_dir: Path, progress: Progress | None
         raise AuditError("no sample of the split could be decoded; see the skipped inputs")
     spec, size = runs.source_spec(config), tuple(model_info["input_size"])
     tables = find(spec, model_info["paths"], config, merged, size, thresholds)
-    tables.duplicates = find_duplicates(spec, model_info["paths"], config, merged, size, thresholds)
+    tables.duplicates = find_duplicates(spec, config, merged, size, thresholds)
     timings["findings_s"] = time.perf_counter() - tick
     detection = None if source.planted is None else validation.detection_figures(
         tables.samples, tables.classes, source.planted["class_name"])

@@ -127,7 +127,7 @@ def reference_input_size(natural_size: tuple[int, int] | None, weights: str | No
 
 
 #: From this many training images on, reference CNNs are wider and train longer (CIFAR-10 scale).
-LARGE_TRAINING_SET = 10_000
+LARGE_TRAINING_SET = 5_000
 
 
 def reference_recipe(training_images: int, *, epochs: int | None = None, seed: int = 0, weights: str | None = None,

@@ -6,12 +6,14 @@ only when complete, so a report directory is either whole or absent.
 
 from __future__ import annotations
 
+import base64
 import errno
 import json
 import os
 import shutil
 import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 import jinja2
 import numpy as np
@@ -21,7 +23,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from ._decode import Unreadable
-from .datasets import Source
+from .datasets import FolderSource, Source
 from .duplicates import COLUMNS as DUPLICATE_COLUMNS
 from .duplicates import pair_counts
 from .errors import AuditError
@@ -34,6 +36,15 @@ COLORMAP = "inferno"
 DISPLAY_SIZE = 96
 #: Skipped inputs listed in the page; audit.json lists all of them.
 MAX_SKIPPED_SHOWN = 200
+#: Largest side in pixels of an explorer thumbnail; smaller images keep their own size (32 px for CIFAR-10).
+THUMB_SIDE = 64
+#: Thumbnails per row and per column of one sprite sheet.
+SHEET_GRID = 16
+#: WebP quality of the sprite sheets (about 300 bytes per 32x32 CIFAR-10 thumbnail at 80).
+SHEET_QUALITY = 80
+#: The explorer's data, a script that assigns it to ``window.gradcamAuditData`` (a page opened from ``file://``
+#: may load scripts but not fetch files).
+EXPLORER_DATA = "explore-data.js"
 
 
 def templates_dir() -> Path:
@@ -173,6 +184,114 @@ def _duplicate_pairs(pairs: pd.DataFrame | None, sources: dict[str, Source], ass
     return {"counts": pair_counts(pairs), "pairs": shown, "total": len(pairs)}
 
 
+def peak_scaled_cams(cams: np.ndarray) -> np.ndarray:
+    """Each CAM scaled to a peak of 255, as uint8 (an all-zero or non-finite CAM becomes all zeros).
+
+    Overlays, class means and clustering are scale-free and need no finer steps; the statistics in the tables come
+    from the full-precision maps."""
+    peak = np.nanmax(cams, axis=(1, 2), keepdims=True)
+    scaled = np.divide(cams, peak, out=np.zeros_like(cams), where=np.isfinite(peak) & (peak > 0))
+    return np.round(255 * np.nan_to_num(scaled)).astype(np.uint8)
+
+
+def _base64(array: np.ndarray) -> str:
+    """The bytes of ``array`` (little-endian, as every browser's typed arrays on today's machines) in base64."""
+    return base64.b64encode(np.ascontiguousarray(array).tobytes()).decode("ascii")
+
+
+def _explorer_column(values: pd.Series) -> dict:
+    """One column of the samples table as the explorer reads it.
+
+    ``bool``: one byte per sample; ``number``: float32 (NaN kept); ``category``: the sorted distinct strings and a
+    uint16 code per sample (columns with few distinct values: names, flags); ``text``: the strings themselves and
+    each one's rank in sorted order (sample ids, reasons), so that the browser sorts them as numbers."""
+    name = str(values.name)
+    if pd.api.types.is_bool_dtype(values):
+        return {"name": name, "kind": "bool", "data": _base64(values.fillna(False).to_numpy(dtype=np.uint8))}
+    if pd.api.types.is_numeric_dtype(values):
+        return {"name": name, "kind": "number",
+                "data": _base64(values.to_numpy(dtype=np.float32, na_value=np.nan).astype("<f4"))}
+    text = values.fillna("").astype(str)
+    codes, distinct = pd.factorize(text, sort=True)
+    if len(distinct) <= min(np.iinfo(np.uint16).max, max(len(text) // 2, 1)):
+        return {"name": name, "kind": "category", "values": distinct.tolist(),
+                "data": _base64(codes.astype("<u2"))}
+    rank = np.empty(len(text), dtype="<u4")
+    rank[np.argsort(text.to_numpy(dtype=str), kind="stable")] = np.arange(len(text))
+    return {"name": name, "kind": "text", "values": text.tolist(), "rank": _base64(rank)}
+
+
+def _thumbnails(source: Source, sample_ids: np.ndarray) -> np.ndarray:
+    """Every sample's image as the model saw it (resized to a square, aspect ratio not kept) at the thumbnail side:
+    the images' own side up to :data:`THUMB_SIDE`; grey where an image can no longer be read."""
+    side = min(THUMB_SIDE, max(source.natural_size)) if source.natural_size else THUMB_SIDE
+    row_of = {sample_id: i for i, sample_id in enumerate(sample_ids)}
+    thumbs = np.full((len(sample_ids), side, side, 3), 128, dtype=np.uint8)
+    for batch in source.batches((side, side), 512):
+        rows = np.array([row_of.get(sample_id, -1) for sample_id in batch.sample_ids], dtype=np.int64)
+        known = rows >= 0
+        thumbs[rows[known]] = batch.images[known]
+    return thumbs
+
+
+def _sprite_sheets(thumbs: np.ndarray, assets: Path) -> list[str]:
+    """Write the thumbnails as WebP sheets of :data:`SHEET_GRID` x :data:`SHEET_GRID`, row by row, and return their
+    paths: thumbnail ``i`` is cell ``i % SHEET_GRID**2`` of sheet ``i // SHEET_GRID**2``."""
+    per_sheet, side = SHEET_GRID**2, thumbs.shape[1]
+    files = []
+    for number, start in enumerate(range(0, len(thumbs), per_sheet)):
+        block = thumbs[start:start + per_sheet]
+        rows = -(-len(block) // SHEET_GRID)
+        cells = np.full((rows * SHEET_GRID, side, side, 3), 128, dtype=np.uint8)
+        cells[:len(block)] = block
+        sheet = cells.reshape(rows, SHEET_GRID, side, side, 3).transpose(0, 2, 1, 3, 4)
+        name = f"thumbs-{number:04d}.webp"
+        Image.fromarray(sheet.reshape(rows * side, SHEET_GRID * side, 3)).save(assets / name, "WEBP",
+                                                                             quality=SHEET_QUALITY)
+        files.append(f"assets/{name}")
+    return files
+
+
+def _linked_images(source: Source, sample_ids: np.ndarray, report_dir: Path) -> list[str]:
+    """URLs of the samples' own files, relative to the report directory (``--link-images``)."""
+    if not isinstance(source, FolderSource):
+        raise AuditError("--link-images links the files of an image folder; this dataset is not one (drop the option "
+                         "and the report carries its own thumbnails)")
+    path_of = dict(zip(source.sample_ids, source.paths, strict=True))
+    return [quote(os.fsencode(os.path.relpath(Path(path_of[sample_id]).resolve(), report_dir.resolve())))
+            for sample_id in sample_ids]
+
+
+def _explorer_data(source: Source, tables: AuditTables, scaled_cams: np.ndarray, assets: Path, report_dir: Path,
+                   link_images: bool) -> dict:
+    """Everything the explorer shows of every sample: each column of the samples table, whether the sample is in a
+    duplicate pair, its CAM at the target layer's resolution (uint8), its thumbnail (a cell of a sprite sheet, or
+    its own file) and the colormap as a 256-entry lookup table."""
+    samples = tables.samples
+    ids = samples["sample_id"].to_numpy(dtype=str)
+    pairs = tables.duplicates
+    paired = set()
+    if pairs is not None:
+        for side in ("a", "b"):
+            paired |= set(pairs.loc[pairs[f"split_{side}"] == source.split, f"sample_id_{side}"])
+    if link_images:
+        images = {"kind": "files", "files": _linked_images(source, ids, report_dir)}
+    else:
+        thumbs = _thumbnails(source, ids)
+        images = {"kind": "sprites", "side": int(thumbs.shape[1]), "grid": SHEET_GRID,
+                  "sheets": _sprite_sheets(thumbs, assets)}
+    lut = (colormaps[COLORMAP](np.arange(256))[:, :3] * 255).round().astype(np.uint8)
+    return {
+        "classes": [str(c) for c in source.class_names],
+        "columns": [_explorer_column(samples[c]) for c in samples.columns],
+        "duplicate": _base64(np.isin(ids, list(paired)).astype(np.uint8)),
+        "cams": {"height": int(scaled_cams.shape[1]), "width": int(scaled_cams.shape[2]),
+                 "data": _base64(scaled_cams)},
+        "images": images,
+        "colormap": _base64(lut),
+    }
+
+
 def _finding_sets(samples: pd.DataFrame, classes: pd.DataFrame) -> dict[str, set[str]]:
     flags = samples["flags"].fillna("").str.split(";")
     return {
@@ -207,10 +326,13 @@ def _history(out_dir: Path, tables: AuditTables) -> dict | None:
 
 
 def write_report(out_dir: Path, source: Source, tables: AuditTables, *, gallery_size: int = 24,
-                 other: Source | None = None) -> Path:
+                 other: Source | None = None, link_images: bool = False) -> Path:
     """Write the complete report directory ``out_dir`` and return it; refuses to overwrite an existing one.
 
-    ``other`` is the training split, when duplicates were searched across splits (for the pairs' pictures)."""
+    ``other`` is the training split, when duplicates were searched across splits (for the pairs' pictures).
+    ``link_images`` (image folders only): the explorer shows the dataset's own files, linked by paths relative to
+    the report directory, instead of thumbnails in sprite sheets (a smaller report that needs the dataset beside
+    it)."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise AuditError(f"report directory {str(out_dir)!r} already exists; choose another --out")
@@ -220,7 +342,7 @@ def write_report(out_dir: Path, source: Source, tables: AuditTables, *, gallery_
         assets = tmp / "assets"
         assets.mkdir(parents=True)
         _write_report_files(tmp, assets, source, tables, gallery_size, _history(out_dir, tables), out_dir.name,
-                            other)
+                            other, link_images)
         try:
             os.rename(tmp, out_dir)
         except OSError as err:
@@ -240,7 +362,7 @@ def write_report(out_dir: Path, source: Source, tables: AuditTables, *, gallery_
 
 
 def _write_report_files(tmp: Path, assets: Path, source: Source, tables: AuditTables, gallery_size: int,
-                        history: dict | None, report_name: str, other: Source | None) -> None:
+                        history: dict | None, report_name: str, other: Source | None, link_images: bool) -> None:
     samples, classes = tables.samples, tables.classes
     # The parquet file keeps full precision; the CSV, for reading and spreadsheets, 4 significant digits.
     samples.to_parquet(tmp / "samples.parquet", index=False, compression="zstd")
@@ -249,14 +371,17 @@ def _write_report_files(tmp: Path, assets: Path, source: Source, tables: AuditTa
     pairs = tables.duplicates if tables.duplicates is not None else pd.DataFrame(columns=DUPLICATE_COLUMNS)
     pairs.to_csv(tmp / "duplicates.csv", index=False, float_format="%.6g")
     (tmp / "audit.json").write_text(json.dumps(tables.meta, indent=2, default=str))
-    # Each CAM scaled to a peak of 255 and kept as uint8: overlays, class means and clustering are scale-free and
-    # need no finer steps; the statistics in the tables were computed from the full-precision maps.
-    peak = np.nanmax(tables.cams, axis=(1, 2), keepdims=True)
-    scaled = np.divide(tables.cams, peak, out=np.zeros_like(tables.cams), where=np.isfinite(peak) & (peak > 0))
-    np.savez_compressed(tmp / "cams.npz", sample_id=samples["sample_id"].to_numpy(dtype=str),
-                        cam=np.round(255 * np.nan_to_num(scaled)).astype(np.uint8))
+    scaled_cams = peak_scaled_cams(tables.cams)
+    np.savez_compressed(tmp / "cams.npz", sample_id=samples["sample_id"].to_numpy(dtype=str), cam=scaled_cams)
+    if tables.probs is not None:
+        np.savez_compressed(tmp / "probs.npz", sample_id=samples["sample_id"].to_numpy(dtype=str), probs=tables.probs,
+                            class_names=np.asarray(source.class_names, dtype=str))
     for name in ("report.css", "report.js"):
         shutil.copyfile(templates_dir() / "static" / name, assets / name)
+    explorer = _explorer_data(source, tables, scaled_cams, assets, tmp, link_images)
+    # ensure_ascii: the file is JavaScript, and every name from the data stays inside a JSON string literal.
+    (assets / EXPLORER_DATA).write_text(f"window.gradcamAuditData = {json.dumps(explorer, ensure_ascii=True)};\n",
+                                        encoding="ascii")
 
     _, mean_heat = _heat_rgb(np.nan_to_num(tables.class_mean_cams), (DISPLAY_SIZE, DISPLAY_SIZE))
     class_rows = []
@@ -295,5 +420,7 @@ def _write_report_files(tmp: Path, assets: Path, source: Source, tables: AuditTa
         history=history,
         class_names=[str(n) for n in source.class_names],
         report_name=f"reports/{report_name}",
+        samples_total=len(samples),
+        explorer_data=f"assets/{EXPLORER_DATA}",
     )
     (tmp / "index.html").write_text(html, encoding="utf-8")

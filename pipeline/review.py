@@ -1,4 +1,5 @@
-"""Reviewer decisions exported from a report (``review.csv``) -> a label-corrections file a data pipeline can apply."""
+"""Reviewer decisions exported from a report (``review.csv``) -> label corrections and a manifest a data pipeline can
+apply."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from .errors import AuditError, quoted
 
 DECISIONS = ("keep", "relabel", "remove")
 REVIEW_COLUMNS = ("run_id", "sample_id", "decision", "new_label")
+#: The manifest's label of a sample the reviewer removed.
+REMOVED = "removed"
 
 
 @dataclass(frozen=True)
@@ -22,15 +25,22 @@ class Corrections:
     kept: int  # samples the reviewer confirmed as they are
     csv_path: Path
     json_path: Path
+    manifest_path: Path  # every audited sample: sample_id, label after the review (or "removed")
 
 
 def apply_review(review_csv: str | Path, report_dir: str | Path | None = None,
                  out_dir: str | Path | None = None) -> Corrections:
-    """Check ``review_csv`` against the report it came from and write ``label-corrections.csv`` and ``.json``.
+    """Check ``review_csv`` against the report it came from and write ``label-corrections.csv`` and ``.json``, and
+    ``label-manifest.csv``.
 
-    ``report_dir`` defaults to the folder holding ``review_csv``; the corrections go to ``out_dir`` (default: beside
+    ``report_dir`` defaults to the folder holding ``review_csv``; the files go to ``out_dir`` (default: beside
     ``review_csv``). Refuses, with every problem listed, a review of another run (run id), of samples the run did
     not audit, or with unknown decisions or labels.
+
+    The corrections list only what changes (sample, action, old and new label); the manifest lists every audited
+    sample in the audit's order with its label after the review: the new label of a relabelled sample, ``removed``
+    for a removed one, the audited label otherwise. A training pipeline reads it as ``sample_id,label`` (for an
+    image folder the sample id is the file's path relative to the dataset folder) and drops the ``removed`` rows.
     """
     review_csv = Path(review_csv)
     report_dir = Path(report_dir) if report_dir else review_csv.parent
@@ -98,4 +108,8 @@ def apply_review(review_csv: str | Path, report_dir: str | Path | None = None,
             for r in table.itertuples()
         ],
     }, indent=2))
-    return Corrections(table, int((review["decision"] == "keep").sum()), csv_path, json_path)
+    manifest_path = out_dir / "label-manifest.csv"
+    final = old.copy()
+    final[table["sample_id"]] = table["new_label"].where(table["action"] == "relabel", REMOVED).to_numpy()
+    final.rename("label").reset_index().to_csv(manifest_path, index=False)
+    return Corrections(table, int((review["decision"] == "keep").sum()), csv_path, json_path, manifest_path)

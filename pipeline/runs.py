@@ -7,6 +7,7 @@ Plain functions of an :class:`~pipeline.config.AuditConfig`; the Prefect flow (:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import functools
 import platform
@@ -49,6 +50,20 @@ def source_spec(config: AuditConfig, split: str | None = None) -> SourceSpec:
     if config.artifact:
         options["artifact"] = Artifact(**config.artifact)
     return spec_for(config.dataset, **options)
+
+
+#: Folds of the out-of-sample predictions an audit makes by default when a reference model would otherwise train on
+#: the audited split itself (in-sample predictions hide label errors).
+DEFAULT_CROSS_FIT = 5
+
+
+def with_cross_fit(config: AuditConfig, audited: Source) -> AuditConfig:
+    """``config`` with its number of cross-fitting folds decided: as given, else :data:`DEFAULT_CROSS_FIT` when no
+    model is given and the reference model's training split is the audited one, else 0."""
+    if config.cross_fit is not None:
+        return config
+    in_sample = config.model is None and audited.training_split() == audited.split
+    return dataclasses.replace(config, cross_fit=DEFAULT_CROSS_FIT if in_sample else 0)
 
 
 def training_source(config: AuditConfig, audited: Source) -> Source:

@@ -8,17 +8,16 @@ import numpy as np
 import pandas as pd
 
 from . import heatmaps
-from ._decode import resize
 from .config import Thresholds
 from .datasets import Source
-from .duplicates import SIGNATURE_SIZE, find_duplicates, pixel_digests, pixel_signatures
+from .duplicates import THUMBNAIL_SIZE, find_duplicates, pixel_digests, thumbnails
 from .foreground import estimate_foreground
 from .gradcam import CamBatch, GradCAM
 from .heatmaps import upsample
 from .models import cross_fit_folds
 
 #: Bump when the columns or arrays of a shard result change: persisted shard results of older versions are not reused.
-TABLE_VERSION = 5
+TABLE_VERSION = 6
 
 
 @dataclass(frozen=True)
@@ -29,9 +28,8 @@ class ShardResult:
     probs: np.ndarray  # (n, C) float32 class probabilities
     cams: np.ndarray  # (n, h, w) float32 predicted-class CAMs at the target layer's resolution, unnormalised
     skipped: list[dict]  # {"sample_id", "reason"} of inputs that could not be decoded
-    embeddings: np.ndarray  # (n, D) float32 penultimate-layer embeddings, for near duplicates
     digests: np.ndarray  # (n,) str digests of the pixels the model saw, for exact duplicates
-    signatures: np.ndarray  # (n, 768) float16 thumbnail signatures, to confirm near duplicates
+    thumbnails: np.ndarray  # (n, 32, 32, 3) uint8 thumbnails, for near duplicates
     worker: dict = field(default_factory=dict)  # where the shard was computed (set by the orchestration)
 
 
@@ -57,7 +55,7 @@ def scan(source: Source, explainers: list[GradCAM], start: int, stop: int, batch
     (:mod:`pipeline.foreground`) and the row says ``mask_kind = "estimated"``.
     """
     size = explainers[0].image_size(source.natural_size)
-    tables, probs, cams, skipped, embeddings, digests, signatures = [], [], [], [], [], [], []
+    tables, probs, cams, skipped, digests, thumbs = [], [], [], [], [], []
     for batch in source.batches(size, batch_size, start, stop):
         skipped.extend(batch.skipped)
         if len(batch.labels) == 0:
@@ -97,59 +95,46 @@ def scan(source: Source, explainers: list[GradCAM], start: int, stop: int, batch
         tables.append(table)
         probs.append(out.probs.astype(np.float32))
         cams.append(out.cam_pred.astype(np.float32))
-        embeddings.append(out.embedding.astype(np.float32))
         digests.append(pixel_digests(batch.images))
-        signatures.append(_signatures(batch.images))
+        thumbs.append(thumbnails(batch.images))
     if not tables:
         return ShardResult(pd.DataFrame(), np.zeros((0, len(source.class_names)), np.float32),
-                           np.zeros((0, 1, 1), np.float32), skipped, np.zeros((0, 1), np.float32),
-                           np.zeros(0, dtype=object), np.zeros((0, 3 * SIGNATURE_SIZE**2), np.float16))
+                           np.zeros((0, 1, 1), np.float32), skipped, np.zeros(0, dtype=object), _no_thumbnails())
     return ShardResult(pd.concat(tables, ignore_index=True), np.concatenate(probs), np.concatenate(cams), skipped,
-                       np.concatenate(embeddings), np.concatenate(digests), np.concatenate(signatures))
+                       np.concatenate(digests), np.concatenate(thumbs))
 
 
-def _signatures(images: np.ndarray) -> np.ndarray:
-    return pixel_signatures(resize(images, (SIGNATURE_SIZE, SIGNATURE_SIZE)))
+def _no_thumbnails() -> np.ndarray:
+    return np.zeros((0, THUMBNAIL_SIZE, THUMBNAIL_SIZE, 3), np.uint8)
 
 
-def embed(source: Source, explainer: GradCAM, size: tuple[int, int], batch_size: int) -> tuple[np.ndarray, ...]:
-    """Sample ids, penultimate-layer embeddings (forward passes only), pixel digests and pixel signatures of a whole
-    source."""
-    ids, embeddings, digests, signatures = [], [], [], []
+def appearance(source: Source, size: tuple[int, int], batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sample ids, pixel digests and thumbnails of a whole source at the model's input ``size`` (decoding only)."""
+    ids, digests, thumbs = [], [], []
     for batch in source.batches(size, batch_size):
         if len(batch.labels):
             ids.append(batch.sample_ids)
-            embeddings.append(explainer.embed(batch.images).astype(np.float32))
             digests.append(pixel_digests(batch.images))
-            signatures.append(_signatures(batch.images))
+            thumbs.append(thumbnails(batch.images))
     if not ids:
-        return (np.zeros(0, dtype=object), np.zeros((0, 1), np.float32), np.zeros(0, dtype=object),
-                np.zeros((0, 3 * SIGNATURE_SIZE**2), np.float16))
-    return tuple(np.concatenate(parts) for parts in (ids, embeddings, digests, signatures))
+        return np.zeros(0, dtype=object), np.zeros(0, dtype=object), _no_thumbnails()
+    return np.concatenate(ids), np.concatenate(digests), np.concatenate(thumbs)
 
 
-def split_duplicates(audited: Source, merged: ShardResult, explainer: GradCAM, *, size: tuple[int, int],
-                     batch_size: int, thresholds: Thresholds, reembed: bool = False,
-                     other: Source | None = None) -> pd.DataFrame:
+def split_duplicates(audited: Source, merged: ShardResult, *, size: tuple[int, int], batch_size: int,
+                     thresholds: Thresholds, other: Source | None = None) -> pd.DataFrame:
     """Exact and near duplicate pairs (:func:`pipeline.duplicates.find_duplicates`) within the audited split and,
-    given the ``other`` (training) split, between the two: leakage.
-
-    The audited split's embeddings are the ones its shards kept, unless ``reembed`` (cross-fitted shards came from
-    several models, whose embeddings are not comparable): then every split is embedded by ``explainer``'s model.
-    """
-    if reembed:
-        ids, embeddings, digests, signatures = embed(audited, explainer, size, batch_size)
-    else:
-        ids, embeddings, digests, signatures = (merged.table["sample_id"].to_numpy(), merged.embeddings,
-                                                merged.digests, merged.signatures)
-    options = {"min_similarity": thresholds.min_duplicate_similarity,
-               "min_pixel_correlation": thresholds.min_pixel_correlation, "signatures_a": signatures}
-    found = [find_duplicates(ids, audited.split, embeddings, digests, **options)]
+    given the ``other`` (training) split, between the two: leakage. The audited split's digests and thumbnails are
+    the ones its shards kept; the other split is decoded at the same size."""
+    ids = merged.table["sample_id"].to_numpy() if len(merged.table) else np.zeros(0, dtype=object)
+    options = {"min_correlation": thresholds.min_duplicate_correlation,
+               "min_colour_correlation": thresholds.min_colour_correlation}
+    found = [find_duplicates(ids, audited.split, merged.thumbnails, merged.digests, **options)]
     if other is not None:
-        other_ids, other_embeddings, other_digests, other_signatures = embed(other, explainer, size, batch_size)
-        found.append(find_duplicates(ids, audited.split, embeddings, digests, ids_b=other_ids, split_b=other.split,
-                                     embeddings_b=other_embeddings, digests_b=other_digests,
-                                     signatures_b=other_signatures, **options))
+        other_ids, other_digests, other_thumbs = appearance(other, size, batch_size)
+        found.append(find_duplicates(ids, audited.split, merged.thumbnails, merged.digests, ids_b=other_ids,
+                                     split_b=other.split, thumbnails_b=other_thumbs, digests_b=other_digests,
+                                     **options))
     return pd.concat(found, ignore_index=True)
 
 
@@ -161,7 +146,6 @@ def merge(shards: list[ShardResult]) -> ShardResult:
         np.concatenate([s.probs for s in full]),
         np.concatenate([s.cams for s in full]),
         [item for s in shards for item in s.skipped],
-        np.concatenate([s.embeddings for s in full]),
         np.concatenate([s.digests for s in full]),
-        np.concatenate([s.signatures for s in full]),
+        np.concatenate([s.thumbnails for s in full]),
     )

@@ -145,7 +145,7 @@ def test_a_confidently_mislabelled_sample_gets_a_high_relabel_score_a_suggestion
     assert (scored.drop(index=5)["relabel_reason"] == "").all()
 
 
-def test_a_disagreement_based_on_the_background_counts_less_than_one_based_on_the_object():
+def test_the_relabel_score_is_self_confidence_and_the_heatmap_share_goes_into_the_reason():
     samples, probs = table_with_border_class(None)
     for i in (5, 6):
         probs[i] = [0.01, 0.01, 0.97, 0.01]
@@ -153,8 +153,9 @@ def test_a_disagreement_based_on_the_background_counts_less_than_one_based_on_th
     samples.loc[5, "background_attention"] = 0.1
     samples.loc[6, "background_attention"] = 0.9
     scored = build(samples, probs).samples
-    assert scored.loc[5, "relabel_score"] == pytest.approx(0.99 * 0.95)
-    assert scored.loc[6, "relabel_score"] == pytest.approx(0.99 * 0.55)
+    labels = samples["label"].to_numpy()
+    np.testing.assert_allclose(scored["relabel_score"], 1.0 - probs[np.arange(len(probs)), labels], rtol=1e-6)
+    assert scored.loc[5, "relabel_score"] == scored.loc[6, "relabel_score"] == pytest.approx(0.99)
     assert "mostly off it" in scored.loc[6, "relabel_reason"] and "mostly off it" not in scored.loc[5, "relabel_reason"]
 
 

@@ -54,6 +54,33 @@ def test_an_image_folder_is_audited_end_to_end_with_its_broken_files_recorded(sh
     assert leaks.loc["train/circle/noisy.png", "similarity"] > 0.9
 
 
+def test_flipped_labels_in_a_folder_without_splits_are_ranked_first_from_out_of_fold_predictions(tmp_path):
+    # Three classes a small CNN learns in a few epochs (the dominant colour, under noise), 8% of the labels flipped.
+    rng = np.random.default_rng(0)
+    n, colours = 600, np.array([(200, 40, 40), (40, 200, 40), (40, 40, 200)])
+    truth = rng.integers(0, 3, n)
+    flipped = rng.random(n) < 0.08
+    given = np.where(flipped, (truth + rng.integers(1, 3, n)) % 3, truth)
+    for i in range(n):
+        image = np.clip(colours[truth[i]] + rng.normal(0, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
+        folder = tmp_path / "flipped" / ("red", "green", "blue")[given[i]]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i:04d}.png")
+    # No split folders: the reference models would train on the audited images, so the audit cross-fits by default.
+    result = audit(str(tmp_path / "flipped"), epochs=4, out=str(tmp_path / "report"))
+    assert result.meta["model"]["cross_fit"] == 5
+    assert "5 folds (out-of-fold predictions)" in result.meta["model"]["trained_on"]
+    wrong = flipped[result.samples["sample_id"].str.split("/").str[1].str[:4].astype(int).to_numpy()]
+    k = int(wrong.sum())
+
+    def precision_at_k(score) -> float:
+        return float(wrong[np.argsort(-np.asarray(score), kind="stable")[:k]].mean())
+
+    relabel = precision_at_k(result.samples["relabel_score"])
+    assert relabel >= precision_at_k(1.0 - result.samples["label_prob"])  # never worse than self-confidence
+    assert relabel > 5 * wrong.mean()  # far better than a random ranking (precision = the share of wrong labels)
+
+
 def test_a_tfds_split_is_audited_end_to_end_offline(tmp_path):
     with tfds.testing.mock_data(num_examples=40):
         result = audit("cifar10", data_dir=str(tmp_path / "tfds"), epochs=1, out=str(tmp_path / "report"))

@@ -35,6 +35,12 @@ def test_relabel_and_remove_decisions_become_label_corrections(report_dir, tmp_p
     assert saved["run_id"] == "r" and saved["corrections"][0]["new_label_index"] == classes.index(target)
     assert saved["corrections"][1]["new_label"] is None
     assert pd.read_csv(corrections.csv_path)["sample_id"].tolist() == [ids[0], ids[1]]
+    manifest = pd.read_csv(corrections.manifest_path, dtype=str, keep_default_na=False)
+    assert manifest.columns.tolist() == ["sample_id", "label"]
+    assert manifest["sample_id"].tolist() == ids.tolist()  # every audited sample, in the audit's order
+    expected = tables.samples["label_name"].astype(str).tolist()
+    expected[0], expected[1] = target, "removed"
+    assert manifest["label"].tolist() == expected
 
 
 @pytest.mark.parametrize(
