@@ -9,12 +9,21 @@ import argparse
 import logging
 import sys
 
-from . import AuditError, _supervise, artifacts, audit
+from . import AuditError, _supervise, artifacts, audit, synthetic
 from .config import CAM_METHODS, PREPROCESSING, AuditConfig, Thresholds
 from .errors import quoted
 from .settings import apply_environment_defaults
 
 DEFAULTS = AuditConfig()
+#: The artifacts `validate` and `demo --plant` plant, as the help says them.
+ARTIFACT_WORDS = {
+    "corner": "a checkerboard mark in a corner",
+    "patch": "the same checkerboard anywhere (a logo inside the image)",
+    "frame": "a solid border",
+    "stamp": "white text",
+    "background": "the background outside the object's true mask replaced by a texture or a colour, or tinted "
+                  "(needs masks: the demo, or --masks)",
+}
 
 
 def _positive(text: str) -> int:
@@ -121,10 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo", help="audit a built-in synthetic dataset with a planted shortcut (offline, about a minute)",
-        description="Generate a 5-class synthetic dataset whose 'triangle' class carries a small mark in the "
-                    "bottom-right corner on 90%% of its images, train a small CNN on its train split, audit every "
-                    "image of its test split, and write reports/demo-<time>/.",
+        description=f"Generate a 5-class synthetic dataset whose {synthetic.PLANTED_CLASS!r} class carries a small "
+                    f"mark in the bottom-right corner on {100 * synthetic.PLANTED_RATE:.0f}% of its images (or, with "
+                    "--plant, another artifact), train a small CNN on its train split, audit every image of its test "
+                    "split, and write reports/demo-<time>/.",
     )
+    demo.add_argument("--plant", choices=list(artifacts.KINDS),
+                      help="plant this artifact (as `validate` does, at its default position and size) into the "
+                           f"{synthetic.PLANTED_CLASS!r} images instead of the demo's own corner mark: "
+                           + "; ".join(f"{k}: {v}" for k, v in ARTIFACT_WORDS.items()))
     _add_audit_options(demo)
     _add_demo_sizes(demo)
 
@@ -152,20 +166,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser(
         "validate", help="plant an artifact into a copy of a dataset, audit it, and measure whether it is found",
-        description="Blend an artifact (a corner mark, a border frame or a text stamp) into a fraction of one "
-                    "class's images in every split of DATASET (in memory; nothing is written to the dataset), train "
-                    "a reference model on the planted training split, audit the planted audited split, and print "
+        description="Blend an artifact (a corner mark, a patch anywhere, a border frame, a text stamp, or a "
+                    "replaced background) into a fraction of one class's images in every split of DATASET (in "
+                    "memory; nothing is written to the dataset), train a reference model on the planted training "
+                    "split, audit the planted audited split, and print "
                     "the detection figures: the planted class's rank among the classes, whether a clean class was "
                     "flagged, the sample-level AUROC and precision at k of stamped versus clean images. The report "
                     "holds them too (audit.json -> validation).",
     )
     _add_source_options(validate)
     validate.add_argument("--artifact", required=True, choices=list(artifacts.KINDS),
-                          help="corner: a checkerboard patch; frame: a solid border; stamp: white text")
+                          help="; ".join(f"{k}: {v}" for k, v in ARTIFACT_WORDS.items()))
     validate.add_argument("--class", dest="class_name", metavar="NAME",
                           help="the class whose images get the artifact (default: the first class)")
-    validate.add_argument("--position", choices=list(artifacts.POSITIONS), default="bottom-right",
-                          help="corner mark and stamp: which corner (default: %(default)s)")
+    validate.add_argument("--position", metavar="WHERE",
+                          help="corner mark, patch and stamp: a corner (" + ", ".join(artifacts.POSITIONS)
+                               + ") or X,Y, the artifact's centre as fractions of the width and height in [0, 1] "
+                                 "(0.5,0.4: centred, a little above the middle) (defaults: "
+                               + ", ".join(f"{k} {v}" for k, v in artifacts.DEFAULT_POSITIONS.items()) + ")")
     validate.add_argument("--size", type=float, metavar="F",
                           help="fraction of the shorter side: the patch's side, the frame's width, the text's height "
                                f"(defaults: {', '.join(f'{k} {v}' for k, v in artifacts.DEFAULT_SIZES.items())})")
@@ -174,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--rate", type=float, default=0.5, metavar="F",
                           help="fraction of the class's images that carry it, in (0, 1] (default: %(default)s)")
     validate.add_argument("--text", default="stock", help="the stamp's text (default: %(default)s)")
+    validate.add_argument("--fill", choices=list(artifacts.FILLS),
+                          help="background: what replaces it (" + "; ".join(f"{k}: {v}" for k, v in
+                                                                           artifacts.FILLS.items())
+                               + "); with --opacity below 1 it tints the background instead (default: texture)")
     _add_audit_options(validate)
 
     review = commands.add_parser(
@@ -283,7 +305,12 @@ def _schedule(args: argparse.Namespace) -> None:
     serve_schedule(args.name, args.cron, config)
 
 
-ARTIFACT_OPTIONS = ("artifact", "class_name", "position", "size", "opacity", "rate", "text")
+ARTIFACT_OPTIONS = ("artifact", "class_name", "position", "size", "opacity", "rate", "text", "fill")
+
+
+def _demo_artifact(kind: str, seed: int) -> dict:
+    """The artifact ``demo --plant KIND`` plants: into the demo's planted class, at the rate of its own mark."""
+    return artifacts.Artifact(kind, synthetic.PLANTED_CLASS, rate=synthetic.PLANTED_RATE, seed=seed).as_dict()
 
 
 def _planted_options(options: dict) -> dict:
@@ -318,11 +345,12 @@ INTERRUPTED = ("gradcam-audit: interrupted; no report was written. Shards finish
 
 def _precheck(options: dict) -> None:
     """What the supervising process checks before it starts the audit: options and paths, without TensorFlow."""
-    planted = {name: options[name] for name in ARTIFACT_OPTIONS if name in options}
-    if planted:
-        artifacts.Artifact(**{k: v for k, v in planted.items() if k not in ("artifact", "class_name")},
-                           kind=planted["artifact"], class_name=planted["class_name"] or "?")
-    config = AuditConfig(**{k: v for k, v in options.items() if k not in ARTIFACT_OPTIONS})
+    artifact = options.get("artifact")  # demo --plant: an Artifact's fields already
+    if "class_name" in options:  # validate: the artifact's own options
+        planted = {name: options[name] for name in ARTIFACT_OPTIONS}
+        artifact = artifacts.Artifact(**{k: v for k, v in planted.items() if k not in ("artifact", "class_name")},
+                                      kind=planted["artifact"], class_name=planted["class_name"] or "?").as_dict()
+    config = AuditConfig(**{k: v for k, v in options.items() if k not in ARTIFACT_OPTIONS}, artifact=artifact)
     config.check_paths()
     Thresholds.from_overrides(config.thresholds)
 
@@ -345,9 +373,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "schedule":
             _schedule(args)
             return 0
-        options = _audit_options(args)
+        options = _audit_options(args, "plant")
         if args.command == "demo":
             options["dataset"] = "demo"
+            if args.plant:
+                options["artifact"] = _demo_artifact(args.plant, options["seed"])
         if argv is None and interrupts is None:
             _precheck(options)
             return _supervise.run_supervised(sys.argv[1:])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .artifacts import BACKGROUND_NEEDS_MASKS
 from .errors import AuditError, quoted
 
 #: How raw 0-255 RGB pixels are turned into a model's input, by name (``--preprocess``); implemented by
@@ -40,6 +41,9 @@ class Thresholds:
     tail_quantile: float = 0.95  # "more focused than other classes' images": above this quantile of theirs
     min_tail_share: float = 0.25  # a sub-population: this share of the class above it (5x the 5% expected)
     min_occlusion_drop: float = 0.05  # blanking the region: class's label-probability loss minus the others'
+    # A hot spot larger than this share of the image (that of a corner square) is where varied images agree only
+    # loosely (objects at varying places), not one fixed spot (a logo)
+    max_spot_share: float = 0.0625
     min_duplicate_correlation: float = 0.92  # near duplicate: aligned correlation of the thumbnails' details ...
     min_colour_correlation: float = 0.6  # ... and of each colour channel's 8x8 block means
 
@@ -76,6 +80,7 @@ THRESHOLD_RANGES = {
     "tail_quantile": (0.0, 1.0),
     "min_tail_share": (0.0, 1.0),
     "min_occlusion_drop": (-1.0, 1.0),
+    "max_spot_share": (0.0, 1.0),
     "min_duplicate_correlation": (-1.0, 1.0),
     "min_colour_correlation": (-1.0, 1.0),
 }
@@ -132,6 +137,8 @@ class AuditConfig:
         if self.artifact and self.model is not None:
             raise AuditError("validate trains a reference model on the planted data; it cannot use --model (a model "
                              "that never saw the artifact has no shortcut to find)")
+        if self.artifact and self.artifact.get("kind") == "background" and self.dataset != "demo" and not self.masks:
+            raise AuditError(BACKGROUND_NEEDS_MASKS)
         if self.link_images and self.artifact:
             raise AuditError("--link-images shows the files as they are on disk, without the planted artifact; "
                              "validate cannot use it")

@@ -20,7 +20,7 @@ import tensorflow as tf
 from PIL import Image
 
 from . import _decode, synthetic
-from .artifacts import Artifact
+from .artifacts import BACKGROUND_NEEDS_MASKS, Artifact
 from .errors import AuditError
 
 
@@ -36,7 +36,7 @@ class SourceSpec:
     seed: int = 0  # synthetic only, like the three below
     train_size: int = 3000
     test_size: int = 1000
-    planted_class: str | None = "triangle"  # None: no mark (the clean set that ``validate`` plants into)
+    planted_class: str | None = synthetic.PLANTED_CLASS  # None: no mark (the clean set that ``validate`` plants into)
     artifact: Artifact | None = None  # any kind: planted into a copy of the source (``gradcam-audit validate``)
 
     def as_dict(self) -> dict:
@@ -69,6 +69,7 @@ class Source:
     skipped: list[dict]  # inputs skipped when the source was opened, with reasons
     planted: dict | None = None
     natural_size: tuple[int, int] | None = None  # when every image has the same size
+    has_masks: bool = False  # whether the source gives true object masks (for some of its images at least)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -80,6 +81,11 @@ class Source:
     def load(self, sample_ids: list[str]) -> list[np.ndarray]:
         """Original images (RGB uint8, each its own size) of the given samples, for the report's overlays."""
         raise NotImplementedError
+
+    def load_masks(self, sample_ids: list[str]) -> list[np.ndarray | None]:
+        """True object masks (boolean, each at its image's original size) of the given samples; None for a sample
+        without one (every sample of a source without masks)."""
+        return [None] * len(sample_ids)
 
     def arrays(self, size: tuple[int, int], batch_size: int = 512) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every readable image at ``size`` with its label and sample id, for training a reference model."""
@@ -134,6 +140,8 @@ class SyntheticSource(Source):
             "marked_samples": int(data.marked.sum()),
             "class_samples": int((data.labels == synthetic.SHAPES.index(spec.planted_class)).sum())}
 
+    has_masks = True
+
     #: The demo trains like a careless pipeline, without flips and shifts that would move its planted mark, so the
     #: model is free to learn the shortcut the audit is meant to find.
     augments_training = False
@@ -152,8 +160,15 @@ class SyntheticSource(Source):
                         self.marked[i:j])
 
     def load(self, sample_ids):
-        index = {sid: i for i, sid in enumerate(self.sample_ids)}
+        index = self._index
         return [self.images[index[sid]] for sid in sample_ids]
+
+    def load_masks(self, sample_ids):
+        return [self.masks[self._index[sid]] for sid in sample_ids]
+
+    @functools.cached_property
+    def _index(self) -> dict[str, int]:
+        return {sid: i for i, sid in enumerate(self.sample_ids)}
 
 
 # --- image folders ---------------------------------------------------------------------------------------------
@@ -250,6 +265,7 @@ class FolderSource(Source):
         self.masks = Path(spec.masks) if spec.masks else None
         if self.masks is not None and not self.masks.is_dir():
             raise AuditError(f"mask folder {spec.masks!r} does not exist")
+        self.has_masks = self.masks is not None
 
     def training_split(self) -> str:
         """``train`` when the folder has split folders and one of them is ``train``; else the audited split."""
@@ -348,6 +364,9 @@ class FolderSource(Source):
 
     def load(self, sample_ids):
         return [_decode.decode_careful(Path(self.paths[self._index[sid]])) for sid in sample_ids]
+
+    def load_masks(self, sample_ids):
+        return [self._mask(self._index[sid]) if self.masks is not None else None for sid in sample_ids]
 
     @functools.cached_property
     def _index(self) -> dict[str, int]:
@@ -455,6 +474,9 @@ class PlantedSource(Source):
     """Another source with an :class:`~pipeline.artifacts.Artifact` blended into some of one class's images, in
     every split, at every resolution (batches, training arrays and the report's originals alike).
 
+    A ``background`` artifact needs a source with true masks; it is planted into the carriers that have one (a
+    carrier without a mask stays clean, and its batches' ``planted`` says so).
+
     Nothing is written to disk: the copy exists only as this view, and its fingerprint is the base source's plus the
     artifact's parameters (so models trained on it are cached apart from the clean source's).
     """
@@ -464,10 +486,12 @@ class PlantedSource(Source):
         if artifact.class_name not in base.class_names:
             raise AuditError(f"class {artifact.class_name!r} is not in the dataset; its classes are "
                              f"{', '.join(base.class_names)}")
+        if artifact.kind == "background" and not base.has_masks:
+            raise AuditError(BACKGROUND_NEEDS_MASKS)
         self.base, self.spec, self.artifact = base, spec, artifact
         self.name, self.split, self.class_names = base.name, base.split, base.class_names
         self.sample_ids, self.labels, self.skipped = base.sample_ids, base.labels, base.skipped
-        self.natural_size = base.natural_size
+        self.natural_size, self.has_masks = base.natural_size, base.has_masks
         self.fingerprint = _fingerprint(base.fingerprint, artifact.as_dict())
         target = base.class_names.index(artifact.class_name)
         self.marked = artifact.carriers(base.sample_ids, base.labels == target)
@@ -489,12 +513,28 @@ class PlantedSource(Source):
         for batch in self.base.batches(size, batch_size, start, stop):
             marked = self._marked(batch.sample_ids)
             images = batch.images.copy()
-            images[marked] = self.artifact.apply(images[marked])
+            if self.artifact.kind == "background":
+                marked &= batch.mask_kind == "true"
+                images[marked] = self.artifact.apply(images[marked], batch.foreground[marked])
+            else:
+                images[marked] = self.artifact.apply(images[marked])
             yield replace(batch, images=images, planted=marked)
 
     def load(self, sample_ids):
-        return [self.artifact.apply(image[None])[0] if marked else image
-                for image, marked in zip(self.base.load(sample_ids), self._marked(sample_ids), strict=True)]
+        images, marked = self.base.load(sample_ids), self._marked(sample_ids)
+        if self.artifact.kind != "background":
+            return [self.artifact.apply(image[None])[0] if mark else image
+                    for image, mark in zip(images, marked, strict=True)]
+        out = []
+        for image, mark, mask in zip(images, marked, self.base.load_masks(sample_ids), strict=True):
+            if mark and mask is not None:
+                mask = _decode.resize_masks(mask[None], image.shape[:2])[0] if mask.shape != image.shape[:2] else mask
+                image = self.artifact.apply(image[None], mask[None])[0]
+            out.append(image)
+        return out
+
+    def load_masks(self, sample_ids):
+        return self.base.load_masks(sample_ids)
 
 
 def spec_for(dataset: str, **options) -> SourceSpec:

@@ -1,7 +1,10 @@
 """From the per-sample table to findings: shortcut classes with evidence, relabel candidates, per-sample flags.
 
-A class is a *shortcut candidate* when its heatmaps sit in a region off the object (the border band, or one corner)
-far more than the other classes' do, for the whole class or for a sub-population of it:
+A class is a *shortcut candidate* when its heatmaps sit in a region off the object far more than the other classes'
+do, for the whole class or for a sub-population of it. Four regions are measured per class: the border band and its
+favoured corner (fixed regions), the *hot spot* of its atypical heatmaps, anywhere and of any shape
+(:func:`class_hot_spots`), and the *background*, outside each image's object mask (true or estimated). A class
+favours one of them when
 
 - whole class: its mean focus ratio is at least ``min_focus_ratio`` times the median of the other classes' means,
   and a random sample of it is more focused there than a random sample of another class with probability (AUROC)
@@ -9,8 +12,9 @@ far more than the other classes' do, for the whole class or for a sub-population
 - sub-population: at least ``min_tail_share`` of its samples are more focused there than the ``tail_quantile`` of
   the other classes' samples (so 1 - ``tail_quantile`` would be expected by chance).
 
-A candidate is *flagged* only after the causal check (:mod:`pipeline.occlusion`): blanking the region must cost
-the class's confidence in its true label at least ``min_occlusion_drop`` more than it costs the other classes'.
+A candidate is *flagged* only after the causal check (:mod:`pipeline.occlusion`): blanking the region (filling the
+background with grey) must cost the class's confidence in its true label at least ``min_occlusion_drop`` more than it
+costs the other classes'.
 The class's ``shortcut_score`` is that tail share of its strongest statistic (range [0, 1]; about 0.05 by chance).
 Every number behind a flag goes into the class's evidence sentence. SpRAy clusters of each class's heatmaps
 (:mod:`pipeline.spray`) show sub-populations with a distinct strategy.
@@ -28,7 +32,6 @@ import pandas as pd
 from cleanlab.filter import find_label_issues
 from cleanlab.rank import get_label_quality_scores
 from scipy.stats import mannwhitneyu
-from skimage.measure import label as label_regions
 
 from . import heatmaps
 from .config import Thresholds
@@ -37,8 +40,17 @@ from .spray import spray
 if TYPE_CHECKING:
     from .occlusion import OcclusionResult
 
-#: Statistics that can reveal a shortcut; each measures one region (the border band, the favoured corner).
-SHORTCUT_STATISTICS = ("border_focus", "corner_focus")
+#: Statistics that can reveal a shortcut; each measures one region: the border band, the favoured corner, the
+#: class's hot spot (a focus ratio, samples-table column :func:`spot_column`), the background (a share of the mass).
+SHORTCUT_STATISTICS = ("border_focus", "corner_focus", "spot_focus", "background_attention")
+#: The statistics of fixed regions: when one of them passes, it is preferred to the learnt regions (hot spot,
+#: background), which are chosen from the heatmaps themselves and could otherwise absorb a corner or a frame.
+FIXED_STATISTICS = ("border_focus", "corner_focus")
+#: What each statistic measures, as the evidence sentence names it.
+STATISTIC_WORDS = {"border_focus": "border focus", "corner_focus": "corner focus", "spot_focus": "focus on the spot",
+                   "background_attention": "background attention"}
+#: A region at least this many times wider than high (or higher than wide) is described as a strip.
+STRIP_ASPECT = 3.0
 STATISTIC_COLUMNS = ("border_focus", "corner_focus", "background_attention", "concentration")
 DEFAULT_THRESHOLDS = Thresholds()
 
@@ -55,10 +67,14 @@ class AuditTables:
     meta: dict = field(default_factory=dict)
     clusters: dict = field(default_factory=dict)  # class -> SpRAy clusters of its CAMs (pipeline.spray.Clusters)
     duplicates: pd.DataFrame | None = None
+    # class -> the region blamed for a candidate, boolean (H, W) at the model's input size; a class blamed for its
+    # background has none (each image has its own object mask)
+    regions: dict = field(default_factory=dict)
 
 
-#: ``occlusion(k, region) -> OcclusionResult``: blanks ``region`` (H, W bool) in samples of class ``k`` and others.
-Occlusion = Callable[[int, np.ndarray], "OcclusionResult"]
+#: ``occlusion(k, region) -> OcclusionResult``: blanks ``region`` (H, W bool) in samples of class ``k`` and others;
+#: ``region`` None: fills each image's background (outside its object mask) instead.
+Occlusion = Callable[[int, "np.ndarray | None"], "OcclusionResult"]
 
 
 def build_tables(
@@ -77,17 +93,27 @@ def build_tables(
     flagged on the statistics alone and their evidence says no causal check was made.
     """
     scored = score_samples(samples.reset_index(drop=True), probs, class_names)
-    classes = class_table(scored, class_names, image_size, thresholds)
+    labels = scored["label"].to_numpy()
+    spots = class_hot_spots(cams, labels, len(class_names), image_size, thresholds)
+    focus = heatmaps.focus_on_regions(cams, spots)
+    with_spot = np.flatnonzero(spots.any(axis=(1, 2)))
+    scored = pd.concat([scored, pd.DataFrame({spot_column(k): focus[:, k] for k in with_spot}, index=scored.index)],
+                       axis=1)
+    classes = class_table(scored, class_names, image_size, thresholds, spots=spots)
+    # A spot's column stays in the samples table only for the classes whose measured region it is.
+    measured = set(classes["region_column"])
+    scored = scored.drop(columns=[spot_column(k) for k in with_spot if spot_column(k) not in measured])
     masks = {}
     for row in classes.index[classes["candidate"]]:
         k = int(classes.loc[row, "class"])
-        name, masks[k] = suspected_region(scored, classes, cams, k, image_size, thresholds)
-        classes.loc[row, ["region", "region_share"]] = [name, float(masks[k].mean())]
+        name, region = suspected_region(scored, classes, cams, k, image_size, thresholds, spots=spots)
+        classes.loc[row, ["region", "region_share"]] = [name, np.nan if region is None else float(region.mean())]
+        if region is not None:
+            masks[k] = region
         if occlusion is not None:
-            record_occlusion(classes, k, occlusion(k, masks[k]), thresholds)
+            record_occlusion(classes, k, occlusion(k, region), thresholds)
     # Without a causal check, a candidate is flagged on its statistics alone (its evidence says so).
     classes["flagged"] = (classes["status"] == "confirmed") | ((classes["status"] == "candidate") & (occlusion is None))
-    labels = scored["label"].to_numpy()
     mass, valid = heatmaps.to_mass(cams)
     clusters, cluster_column = {}, np.full(len(scored), -1)
     for k in range(len(class_names)):
@@ -101,7 +127,8 @@ def build_tables(
     scored["flags"] = flag_samples(scored, classes, thresholds)
     scored["relabel_reason"] = relabel_reasons(scored)
     means = class_mean_cams(cams, labels, len(class_names))
-    return AuditTables(scored, classes, cams, means, probs=np.asarray(probs, dtype=np.float32), clusters=clusters)
+    return AuditTables(scored, classes, cams, means, probs=np.asarray(probs, dtype=np.float32), clusters=clusters,
+                       regions=masks)
 
 
 def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
@@ -182,14 +209,135 @@ def favoured_corner(samples: pd.DataFrame, k: int) -> str:
     return heatmaps.CORNERS[int(np.nanargmax(means))] if np.isfinite(means).any() else heatmaps.CORNERS[0]
 
 
-def _region(samples: pd.DataFrame, k: int, statistic: str, size: tuple[int, int]) -> tuple[str, str, np.ndarray]:
-    """Where ``statistic`` looks for class ``k``: the region's name, the samples-table column of every sample's focus
-    on it, and its boolean (H, W) mask. The border band for the border focus; the class's favoured corner for the
-    corner focus."""
+def spot_column(k: int) -> str:
+    """The samples-table column of every sample's focus on class ``k``'s hot spot, e.g. ``spot_focus_3``."""
+    return f"spot_focus_{k}"
+
+
+def class_hot_spots(cams: np.ndarray, labels: np.ndarray, num_classes: int, size: tuple[int, int],
+                    thresholds: Thresholds = DEFAULT_THRESHOLDS) -> np.ndarray:
+    """Where each class's atypical heatmaps concentrate: one hot spot per class, anywhere, of any shape.
+
+    For class ``k``, with ``m_i`` the heatmaps as mass maps (:func:`pipeline.heatmaps.to_mass`) and ``R_k`` the mean
+    map of the other classes' images:
+
+    1. atypicality ``d_ik = sum(|m_i - R_k|) / 2``, the total-variation distance of each map to ``R_k`` (range
+       [0, 1]); the class's *atypical* images are those above the ``tail_quantile`` of the other classes' ``d_ik``
+       (the same tail as the shortcut statistics');
+    2. their excess map ``E_k = max(mean_atypical(m_i) - R_k, 0)``: where they put mass that other classes do not;
+    3. the hot spot of ``E_k`` upsampled to ``size`` (:func:`pipeline.heatmaps.hot_spot`: the connected region
+       around its peak at least half the peak), kept when it covers at most ``max_spot_share`` of the image. A mean
+       map is sharp only where its images agree on one fixed place (a logo); objects at varying places, or parts of
+       them, give a broad hot spot, which is no spot.
+
+    Returns
+    -------
+    spots : bool (num_classes, H, W); all False for a class without a spot (no atypical image, no excess, diffuse).
+    """
+    mass, valid = heatmaps.to_mass(cams)
+    n, h, w = mass.shape
+    flat = np.where(valid[:, None], np.nan_to_num(mass.reshape(n, -1)), 0.0).astype(np.float64)
+    member = (labels[:, None] == np.arange(num_classes)[None, :]) & valid[:, None]
+    sums, counts, total = member.T.astype(np.float64) @ flat, member.sum(axis=0), flat.sum(axis=0)
+    spots = np.zeros((num_classes, *size), dtype=bool)
+    for k in np.flatnonzero(counts > 0):
+        others = valid & ~member[:, k]
+        if not others.any():
+            continue
+        reference = (total - sums[k]) / others.sum()
+        distance = 0.5 * np.abs(flat - reference).sum(axis=1)
+        atypical = member[:, k] & (distance > np.quantile(distance[others], thresholds.tail_quantile))
+        if not atypical.any():
+            continue
+        excess = np.clip(flat[atypical].mean(axis=0) - reference, 0.0, None).reshape(1, h, w)
+        spot = heatmaps.hot_spot(heatmaps.upsample(excess, size)[0])
+        if spot.any() and spot.mean() <= thresholds.max_spot_share:
+            spots[k] = spot
+    return spots
+
+
+def _share_words(share: float) -> str:
+    return f"{share:.0%}" if share >= 0.005 else "under 1%"
+
+
+def describe_region(region: np.ndarray) -> str:
+    """A region (H, W bool) in words: its shape, where its centre of mass lies and its area share, e.g. "a spot left
+    of centre covering 4% of the image" or "a horizontal strip at the bottom covering 6% of the image".
+
+    The shape is a *strip* when its bounding box is at least :data:`STRIP_ASPECT` times wider than high (or higher
+    than wide), else a *spot*; the place is the third of the height (top, middle, bottom) and of the width (left,
+    centre, right) that holds its centre of mass.
+    """
+    rows, cols = np.nonzero(region)
+    if len(rows) == 0:
+        return "no region"
+    h, w = region.shape
+    height, width = (np.ptp(rows) + 1) / h, (np.ptp(cols) + 1) / w
+    shape = ("a horizontal strip" if width >= STRIP_ASPECT * height else
+             "a vertical strip" if height >= STRIP_ASPECT * width else "a spot")
+    row, col = (rows.mean() + 0.5) / h, (cols.mean() + 0.5) / w
+    vertical = "top" if row < 1 / 3 else "bottom" if row > 2 / 3 else ""
+    horizontal = "left" if col < 1 / 3 else "right" if col > 2 / 3 else ""
+    if vertical and horizontal:
+        place = f"in the {vertical}-{horizontal}"
+    elif vertical:
+        place = f"at the {vertical}"
+    elif horizontal:
+        place = f"{horizontal} of centre"
+    else:
+        place = "at the centre"
+    return f"{shape} {place} covering {_share_words(region.mean())} of the image"
+
+
+def _true_mask_share(samples: pd.DataFrame) -> float:
+    """Share of the samples whose foreground mask is a true one (``mask_kind``; a table without the column has none:
+    every mask was estimated)."""
+    if "mask_kind" not in samples or not len(samples):
+        return 0.0
+    return float((samples["mask_kind"] == "true").mean())
+
+
+def background_name(samples: pd.DataFrame) -> str:
+    """The background in words, with the masks behind ``background_attention``: "the background (true masks)",
+    "(estimated masks)", or, when the source gives masks for some images only, the share of true ones."""
+    true = _true_mask_share(samples)
+    if true == 1.0:
+        return "the background (true masks)"
+    if true == 0.0:
+        return "the background (estimated masks)"
+    return f"the background (true masks for {_share_words(true)} of the images, estimated for the rest)"
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """What one shortcut statistic measures for one class."""
+
+    kind: str  # "band", "corner", "spot" or "background"
+    name: str  # the region in words
+    column: str  # the samples-table column of every sample's value
+    mask: np.ndarray | None  # boolean (H, W); None for the background (each image has its own) or no spot
+
+
+def _region(samples: pd.DataFrame, k: int, statistic: str, size: tuple[int, int],
+            spots: np.ndarray | None) -> _Measured:
+    """Where ``statistic`` looks for class ``k``: the border band for the border focus; the class's favoured corner
+    for the corner focus; its hot spot (``spots[k]``) for the spot focus; each image's background for the
+    background attention."""
     if statistic == "border_focus":
-        return "the border band", "border_focus", heatmaps.border_band(*size)
-    corner = favoured_corner(samples, k)
-    return f"the {corner} corner", corner_column(corner), heatmaps.corner_regions(*size)[heatmaps.CORNERS.index(corner)]
+        return _Measured("band", "the border band", "border_focus", heatmaps.border_band(*size))
+    if statistic == "corner_focus":
+        corner = favoured_corner(samples, k)
+        return _Measured("corner", f"the {corner} corner", corner_column(corner),
+                         heatmaps.corner_regions(*size)[heatmaps.CORNERS.index(corner)])
+    if statistic == "spot_focus":
+        spot = spots[k] if spots is not None and spots[k].any() else None
+        return _Measured("spot", "no spot" if spot is None else describe_region(spot), spot_column(k), spot)
+    return _Measured("background", background_name(samples), "background_attention", None)
+
+
+def _values(samples: pd.DataFrame, column: str) -> np.ndarray:
+    """A column's values as floats; all NaN when the samples table has no such column (a class without a spot)."""
+    return samples[column].to_numpy(dtype=float) if column in samples else np.full(len(samples), np.nan)
 
 
 def _tail(values: np.ndarray, mine: np.ndarray, quantile: float) -> tuple[np.ndarray, float]:
@@ -209,14 +357,22 @@ def class_table(
     class_names: tuple[str, ...],
     image_size: tuple[int, int],
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    *,
+    spots: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """One row per class: counts, accuracy, the statistics' class means, the shortcut statistics of each region
-    (``*_ratio``, ``*_auroc``, ``*_tail_share``), and of the strongest one: the region it measures
-    (``measured_region``, its area share and the samples-table ``region_column``), the class's mean focus there
-    and its tail (``tail_samples`` above the other classes' ``tail_quantile``, the heatmap mass they and the other
-    classes' images put there). ``candidate`` and ``status`` (``no signal`` or ``candidate``) follow from the
-    thresholds; ``region`` (the blamed region, refined for candidates by :func:`suspected_region`) starts as the
-    measured one."""
+    (``*_ratio``, ``*_auroc``, ``*_tail_share`` for each of :data:`SHORTCUT_STATISTICS`), and of the strongest one:
+    the region it measures (``measured_region`` in words, ``region_kind``, its area share ``measured_share``, NaN for
+    the background, and the samples-table ``region_column``), the class's mean value there (``focus_mean``) and its
+    tail (``tail_samples`` above the other classes' ``tail_quantile``, the heatmap mass they and the other classes'
+    images put there). ``candidate`` and ``status`` (``no signal`` or ``candidate``) follow from the thresholds;
+    ``region`` (the blamed region, refined for candidates by :func:`suspected_region`) starts as the measured one.
+
+    ``spots`` (C, H, W) are the classes' hot spots (:func:`class_hot_spots`), whose focus ratios are the samples
+    columns :func:`spot_column`; without them, or for a class without a spot, the spot statistics are NaN. The
+    strongest statistic is a passing one first, a fixed region (:data:`FIXED_STATISTICS`) before a learnt one, then
+    the larger tail share.
+    """
     correct = samples["label"] == samples["pred"]
     labels = samples["label"].to_numpy()
     rows = []
@@ -228,15 +384,15 @@ def class_table(
             row[column] = float(samples.loc[mine, column].mean()) if mine.any() else float("nan")
         row["favoured_corner"] = favoured_corner(samples, k)
         for statistic in SHORTCUT_STATISTICS:
-            values = samples[_region(samples, k, statistic, image_size)[1]].to_numpy(dtype=float)
-            others = [np.nanmean(values[labels == j]) for j in range(len(class_names)) if j != k
-                      and (labels == j).any()]
+            values = _values(samples, _region(samples, k, statistic, image_size, spots).column)
+            finite = np.isfinite(values)
+            others = [np.mean(values[(labels == j) & finite]) for j in range(len(class_names)) if j != k
+                      and ((labels == j) & finite).any()]
             tail, _ = _tail(values, mine, thresholds.tail_quantile)
-            finite = mine & np.isfinite(values)
-            row[f"{statistic}_ratio"] = (np.nanmean(values[mine]) / np.median(others)
-                                         if others and np.median(others) > 0 and finite.any() else np.nan)
+            row[f"{statistic}_ratio"] = (np.mean(values[mine & finite]) / np.median(others)
+                                         if others and np.median(others) > 0 and (mine & finite).any() else np.nan)
             row[f"{statistic}_auroc"] = auroc(values[mine], values[~mine])
-            row[f"{statistic}_tail_share"] = tail.sum() / finite.sum() if finite.any() else np.nan
+            row[f"{statistic}_tail_share"] = tail.sum() / (mine & finite).sum() if (mine & finite).any() else np.nan
         rows.append(row)
     table = pd.DataFrame(rows)
 
@@ -246,29 +402,45 @@ def class_table(
     with np.errstate(invalid="ignore"):
         passes = ((ratios >= thresholds.min_focus_ratio) & (aurocs >= thresholds.min_auroc)) | (
             tails >= thresholds.min_tail_share)
-    # The strongest statistic: a passing one first, then the larger tail share.
-    strongest = (np.where(np.isnan(tails), -1.0, tails) + 2.0 * passes).argmax(axis=1)
+    fixed = np.isin(SHORTCUT_STATISTICS, FIXED_STATISTICS)[None, :]
+    strongest = (np.where(np.isnan(tails), -1.0, tails) + 2.0 * passes + 2.0 * (passes & fixed)).argmax(axis=1)
     table["shortcut_statistic"] = np.asarray(SHORTCUT_STATISTICS)[strongest]
     table["shortcut_score"] = tails[np.arange(len(table)), strongest]
     table["candidate"] = passes.any(axis=1)
     table["status"] = np.where(table["candidate"], "candidate", "no signal")
     table["flagged"] = False
+    table["true_mask_share"] = _true_mask_share(samples)
     measured = []
     for k, statistic in zip(table["class"], table["shortcut_statistic"], strict=True):
-        name, column, mask = _region(samples, k, statistic, image_size)
-        values, mine = samples[column].to_numpy(dtype=float), labels == k
+        region = _region(samples, k, statistic, image_size, spots)
+        values, mine = _values(samples, region.column), labels == k
+        # A focus ratio times the region's share is the mass in it; the background attention is a mass already.
+        share = np.nan if region.mask is None else float(region.mask.mean())
+        to_mass = 1.0 if region.kind == "background" else share
         tail, _ = _tail(values, mine, thresholds.tail_quantile)
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a class without samples has NaN means
             measured.append({
-                "measured_region": name, "measured_share": float(mask.mean()), "region_column": column,
-                "region": name, "region_share": float(mask.mean()),
+                "measured_region": region.name, "region_kind": region.kind, "measured_share": share,
+                "region_column": region.column, "region": region.name, "region_share": share,
                 "focus_mean": np.nanmean(values[mine]) if mine.any() else np.nan,
                 "tail_samples": int(tail.sum()),
-                "tail_mass": np.nanmean(values[tail]) * mask.mean() if tail.any() else np.nan,
-                "others_mass": np.nanmean(values[~mine]) * mask.mean() if (~mine).any() else np.nan,
+                "tail_mass": np.nanmean(values[tail]) * to_mass if tail.any() else np.nan,
+                "others_mass": np.nanmean(values[~mine]) * to_mass if (~mine).any() else np.nan,
             })
     return pd.concat([table, pd.DataFrame(measured, index=table.index)], axis=1)
+
+
+def region_words(row: dict, image_size: tuple[int, int]) -> str:
+    """The measured region of a classes-table row in words, with its size: "the 4-px border band (44% of the
+    image)", "the top-left corner (6% of the image)", "a spot left of centre covering 4% of the image" or "the
+    background (true masks)"."""
+    if row["region_kind"] == "band":
+        px = int(round(heatmaps.BORDER_FRACTION * min(image_size)))
+        return f"the {px}-px border band ({row['measured_share']:.0%} of the image)"
+    if row["region_kind"] == "corner":
+        return f"{row['measured_region']} ({row['measured_share']:.0%} of the image)"
+    return row["measured_region"]
 
 
 def evidence(row: dict, image_size: tuple[int, int], thresholds: Thresholds = DEFAULT_THRESHOLDS) -> str:
@@ -280,20 +452,20 @@ def evidence(row: dict, image_size: tuple[int, int], thresholds: Thresholds = DE
     prefix = {"no signal": "no shortcut signal", "confirmed": "likely shortcut",
               "not confirmed": "shortcut candidate, not confirmed",
               "candidate": "likely shortcut" if row["flagged"] else "shortcut candidate"}[status]
-    measured = (f"the {int(round(heatmaps.BORDER_FRACTION * min(image_size)))}-px border band"
-                if statistic == "border_focus" else row["measured_region"])
-    sentence = (f"{prefix}: {row['shortcut_score']:.0%} of '{row['class_name']}' images are more focused on "
-                f"{measured} ({row['measured_share']:.0%} of the image) than {quantile:.0%} of other classes' images "
+    background = row["region_kind"] == "background"
+    verb = "put more of their heatmap on" if background else "are more focused on"
+    sentence = (f"{prefix}: {row['shortcut_score']:.0%} of '{row['class_name']}' images {verb} "
+                f"{region_words(row, image_size)} than {quantile:.0%} of other classes' images "
                 f"({1 - quantile:.0%} expected)")
     if row["tail_samples"]:
         sentence += (f"; those put {row['tail_mass']:.0%} of their heatmap there, other classes' images "
                      f"{row['others_mass']:.0%} on average")
-    sentence += (f"; over the whole class, {'border focus' if statistic == 'border_focus' else 'corner focus'} "
-                 f"{row['focus_mean']:.2f}, {row[f'{statistic}_ratio']:.1f}x the other classes' median, AUROC "
-                 f"{row[f'{statistic}_auroc']:.2f}")
+    sentence += (f"; over the whole class, {STATISTIC_WORDS[statistic]} {row['focus_mean']:.2f}, "
+                 f"{row[f'{statistic}_ratio']:.1f}x the other classes' median, AUROC {row[f'{statistic}_auroc']:.2f}")
     if status in ("confirmed", "not confirmed"):
+        action = f"filling {row['region']} with grey" if background else f"blanking {row['region']}"
         sentence += (
-            f"; blanking {row['region']} changes '{row['class_name']}' accuracy from "
+            f"; {action} changes '{row['class_name']}' accuracy from "
             f"{row['occluded_accuracy_before']:.0%} to {row['occluded_accuracy_after']:.0%} and its confidence in the "
             f"true label from {row['occluded_confidence_before']:.2f} to {row['occluded_confidence_after']:.2f} "
             f"(other classes: {row['others_accuracy_before']:.0%} to {row['others_accuracy_after']:.0%}, "
@@ -342,33 +514,36 @@ def flag_samples(samples: pd.DataFrame, classes: pd.DataFrame,
 
 def shortcut_values(samples: pd.DataFrame, classes: pd.DataFrame, k: int) -> tuple[str, np.ndarray]:
     """Every sample's value of class ``k``'s shortcut statistic, on the region it measures for that class (the
-    border band, or the class's favoured corner), with the region's name: the per-sample score behind the class's
-    tail share and the ``uses_shortcut`` flag."""
+    border band, the class's favoured corner or hot spot, or each image's background), with the region's name: the
+    per-sample score behind the class's tail share and the ``uses_shortcut`` flag."""
     row = classes.loc[classes["class"] == k].iloc[0]
     return row["measured_region"], samples[row["region_column"]].to_numpy(dtype=float)
 
 
 def suspected_region(samples: pd.DataFrame, classes: pd.DataFrame, cams: np.ndarray, k: int,
-                     size: tuple[int, int], thresholds: Thresholds = DEFAULT_THRESHOLDS) -> tuple[str, np.ndarray]:
-    """The region class ``k``'s shortcut statistic points at, as a name and a boolean (H, W) mask.
+                     size: tuple[int, int], thresholds: Thresholds = DEFAULT_THRESHOLDS, *,
+                     spots: np.ndarray | None = None) -> tuple[str, np.ndarray | None]:
+    """The region class ``k``'s shortcut statistic points at, as a name and a boolean (H, W) mask (None for the
+    background: each image's own, outside its object mask).
 
-    For the border focus, the border band. For the corner focus, the favoured corner's square together with the
-    *hot spot* of the class's tail images (those more focused on that corner than the ``tail_quantile`` of the
-    other classes' images): the pixels where their mean heatmap is at least half its peak, the connected part that
-    holds the peak, unless it is larger than four corner squares (a diffuse map). An artifact that reaches beyond
-    the corner square (a line of text) is then covered whole, so the causal check blanks all of it.
+    For the border focus, the border band; for the spot focus, the class's hot spot (``spots[k]``, from
+    :func:`class_hot_spots`). For the corner focus, the favoured corner's square together with the *hot spot* of the
+    class's tail images (those more focused on that corner than the ``tail_quantile`` of the other classes' images):
+    the pixels where their mean heatmap is at least half its peak, the connected part that holds the peak
+    (:func:`pipeline.heatmaps.hot_spot`), unless it is larger than four corner squares (a diffuse map). An artifact
+    that reaches beyond the corner square (a line of text) is then covered whole, so the causal check blanks all of
+    it.
     """
     statistic = classes.loc[classes["class"] == k, "shortcut_statistic"].iloc[0]
-    name, column, mask = _region(samples, k, statistic, size)
-    if statistic == "border_focus":
-        return name, mask
-    tail, _ = _tail(samples[column].to_numpy(dtype=float), samples["label"].to_numpy() == k, thresholds.tail_quantile)
+    region = _region(samples, k, statistic, size, spots)
+    if statistic != "corner_focus":
+        return region.name, region.mask
+    name, mask = region.name, region.mask
+    tail, _ = _tail(_values(samples, region.column), samples["label"].to_numpy() == k, thresholds.tail_quantile)
     mass, valid = heatmaps.to_mass(cams[tail])
     if not valid.any():
         return name, mask
-    mean = heatmaps.upsample(mass[valid].mean(axis=0)[None], size)[0]
-    hot = label_regions(mean >= 0.5 * mean.max())
-    hot = hot == hot.flat[int(np.argmax(mean))]
+    hot = heatmaps.hot_spot(heatmaps.upsample(mass[valid].mean(axis=0)[None], size)[0])
     # A diffuse map has no hot spot worth the name: beyond four corner squares (a quarter of the image), keep the
     # corner alone.
     if (hot & ~mask).sum() == 0 or hot.sum() > 4 * mask.sum():

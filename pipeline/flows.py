@@ -94,7 +94,8 @@ def find(spec: SourceSpec, model_paths: list[str], config: AuditConfig, merged: 
 
     def occlude(k: int, region) -> occlusion.OcclusionResult:
         return occlusion.occlusion_check(explainer, source, table["label"].to_numpy(),
-                                         table["sample_id"].to_numpy(), k, region, seed=config.seed)
+                                         table["sample_id"].to_numpy(), k, region, size=image_size,
+                                         seed=config.seed)
 
     return findings.build_tables(table, merged.probs, merged.cams, source.class_names, image_size, thresholds,
                                  occlusion=occlude)

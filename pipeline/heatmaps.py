@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.special import entr
+from skimage.measure import label as label_regions
 
 #: Width of the border band as a fraction of the shorter side (4 px on a 32 px image).
 BORDER_FRACTION = 0.125
 #: Side of each corner square as a fraction of the image side (8 px on a 32 px image).
 CORNER_FRACTION = 0.25
 CORNERS: tuple[str, ...] = ("top-left", "top-right", "bottom-left", "bottom-right")
+#: A map's hot spot: where it is at least this fraction of its peak (the half-maximum contour).
+HOT_SPOT_LEVEL = 0.5
 
 
 def to_mass(cams: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -90,6 +93,43 @@ def region_focus(mass: np.ndarray, region: np.ndarray) -> np.ndarray:
     """
     share = region.mean()
     return mass[:, region].sum(axis=1) / share
+
+
+def focus_on_regions(cams: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """Focus ratio of raw heatmaps (N, h, w), upsampled to the regions' size, on each of K regions (K, H, W).
+
+    Equal to :func:`region_focus` of ``to_mass(upsample(cams, (H, W)))`` on each region, computed at the heatmaps'
+    own resolution: upsampling is linear, ``U(cam) = R cam C^T`` (:func:`upsample`), so the mass of ``U(cam)`` in
+    region ``S`` is ``sum(cam * R^T S C)``, and
+
+    ``focus_nk = sum(cam_n * R^T S_k C) / sum(cam_n * R^T 1 C) / share_k``, with ``share_k = |S_k| / (H W)``.
+
+    Range [0, 1 / share_k]; NaN for an empty or non-finite heatmap and for an empty region.
+    """
+    cams = np.asarray(cams, dtype=np.float64)
+    regions = np.asarray(regions, dtype=np.float64)
+    rows = _interpolation_matrix(cams.shape[1], regions.shape[1])
+    cols = _interpolation_matrix(cams.shape[2], regions.shape[2])
+    pulled = np.einsum("Hh,kHW,Ww->khw", rows, regions, cols)
+    weights = rows.sum(axis=0)[:, None] * cols.sum(axis=0)[None, :]
+    total = np.einsum("nhw,hw->n", cams, weights)
+    valid = np.isfinite(total) & (total > 0)
+    inside = np.einsum("nhw,khw->nk", np.where(valid[:, None, None], cams, 0.0), pulled)
+    share = regions.mean(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        focus = inside / np.where(valid, total, 1.0)[:, None] / share[None, :]
+    return np.where(valid[:, None] & (share > 0)[None, :], focus, np.nan)
+
+
+def hot_spot(heat: np.ndarray, level: float = HOT_SPOT_LEVEL) -> np.ndarray:
+    """The hot spot of one map (H, W): the connected region (8-connectivity) around its peak where it is at least
+    ``level`` times the peak; boolean (H, W), empty when the map has no positive value."""
+    heat = np.nan_to_num(np.asarray(heat, dtype=np.float64))
+    top = heat.max()
+    if top <= 0:
+        return np.zeros(heat.shape, dtype=bool)
+    regions = label_regions(heat >= level * top, connectivity=2)
+    return regions == regions.flat[int(np.argmax(heat))]
 
 
 def border_focus(mass: np.ndarray, fraction: float = BORDER_FRACTION) -> np.ndarray:

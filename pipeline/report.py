@@ -21,6 +21,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from PIL import Image
+from skimage.segmentation import find_boundaries
 
 from ._decode import Unreadable
 from .datasets import FolderSource, Source
@@ -28,12 +29,16 @@ from .duplicates import COLUMNS as DUPLICATE_COLUMNS
 from .duplicates import pair_counts
 from .errors import AuditError
 from .findings import AuditTables
+from .foreground import estimate_foreground
 from .heatmaps import upsample
 
 #: Colormap of every heatmap image in the report.
 COLORMAP = "inferno"
 #: Side in pixels of the images the report shows (small images are upscaled for the eye).
 DISPLAY_SIZE = 96
+#: Colour of the contour of a finding's blamed region (or, for the background, of each image's object) in its
+#: pictures: cyan, which the heatmaps' colormap does not use.
+OUTLINE_COLOUR = (0, 255, 255)
 #: Skipped inputs listed in the page; audit.json lists all of them.
 MAX_SKIPPED_SHOWN = 200
 #: Largest side in pixels of an explorer thumbnail; smaller images keep their own size (32 px for CIFAR-10).
@@ -98,10 +103,38 @@ def _original(source: Source, sample_id: str) -> np.ndarray:
         return np.full((DISPLAY_SIZE, DISPLAY_SIZE, 3), 128, dtype=np.uint8)
 
 
-def _sample_cards(source: Source, tables: AuditTables, rows: pd.DataFrame, assets: Path, prefix: str) -> list[dict]:
+def outlined(picture: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """``picture`` (H, W, 3) uint8 with the contour of ``region`` (boolean, any size, resized to the picture's by
+    nearest neighbour) drawn in :data:`OUTLINE_COLOUR`: the region's own pixels that touch its outside."""
+    height, width = picture.shape[:2]
+    mask = np.asarray(Image.fromarray(np.asarray(region, dtype=np.uint8) * 255).resize(
+        (width, height), Image.Resampling.NEAREST)) > 127
+    out = picture.copy()
+    out[find_boundaries(mask, mode="inner")] = OUTLINE_COLOUR
+    return out
+
+
+def _object_mask(source: Source, sample_id: str, image: np.ndarray) -> np.ndarray:
+    """The object mask of a sample for its picture ``image``: the source's true mask, else the estimate from the
+    picture (as the audit's ``background_attention`` used)."""
+    mask = _true_mask(source, sample_id)
+    return estimate_foreground(image[None])[0] if mask is None else mask
+
+
+def _true_mask(source: Source, sample_id: str) -> np.ndarray | None:
+    try:
+        return source.load_masks([sample_id])[0]
+    except (Unreadable, OSError):
+        return None
+
+
+def _sample_cards(source: Source, tables: AuditTables, rows: pd.DataFrame, assets: Path, prefix: str, *,
+                  outline: np.ndarray | str | None = None) -> list[dict]:
     """Write original / heatmap / overlay images of ``rows`` and return what the templates show of them.
 
     Overlays use the original image (shrunk for display when large), with the CAM upsampled to its size.
+    ``outline``: a region (boolean (H, W) at any size) whose contour is drawn on the heatmap and the overlay, or
+    ``"object"`` for each image's object mask (a finding about the background).
     """
     cards = []
     originals = [_original(source, sample_id) for sample_id in rows["sample_id"]]
@@ -111,8 +144,12 @@ def _sample_cards(source: Source, tables: AuditTables, rows: pd.DataFrame, asset
         # Blend the heatmap in proportion to its strength, so cold regions show the image unchanged.
         alpha = 0.65 * scaled[0][..., None]
         overlay = (image * (1 - alpha) + heat[0] * alpha).astype(np.uint8)
+        heatmap = heat[0]
+        if outline is not None:
+            region = _object_mask(source, row["sample_id"], image) if isinstance(outline, str) else outline
+            heatmap, overlay = outlined(heatmap, region), outlined(overlay, region)
         files = {}
-        for kind, picture in (("image", image), ("heatmap", heat[0]), ("overlay", overlay)):
+        for kind, picture in (("image", image), ("heatmap", heatmap), ("overlay", overlay)):
             name = f"{prefix}-{i:03d}-{kind}.png"
             _display(picture).save(assets / name)
             files[kind] = f"assets/{name}"
@@ -392,8 +429,17 @@ def _write_report_files(tmp: Path, assets: Path, source: Source, tables: AuditTa
 
     findings = []
     for row in (r for r in class_rows if r["flagged"]):
-        mine = samples[samples["label"] == row["class"]].nlargest(8, row["region_column"])
-        findings.append({**row, "strip": _sample_cards(source, tables, mine, assets, f"finding-{row['class']:03d}")})
+        k = row["class"]
+        mine = samples[samples["label"] == k].nlargest(8, row["region_column"])
+        region = tables.regions.get(k)
+        outline = region if region is not None else "object" if row["region_kind"] == "background" else None
+        finding = {**row, "outlined": region is not None,
+                   "strip": _sample_cards(source, tables, mine, assets, f"finding-{k:03d}", outline=outline)}
+        if region is not None:
+            name = f"finding-{k:03d}-mean.png"
+            _display(outlined(mean_heat[k], region)).save(assets / name)
+            finding["mean_heatmap"] = f"assets/{name}"
+        findings.append(finding)
     strategies = _strategies(tables, class_rows, assets)
     duplicates = _duplicate_pairs(tables.duplicates, {source.split: source, **({other.split: other} if other else {})},
                                   assets, gallery_size)

@@ -17,6 +17,8 @@ import numpy as np
 from .artifacts import checkerboard
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring")
+#: The demo's class with the planted shortcut, and the share of its images that carry it.
+PLANTED_CLASS, PLANTED_RATE = "triangle", 0.9
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class PlantedMark:
     row: int = 28
     col: int = 28
     size: int = 4
-    rate: float = 0.9
+    rate: float = PLANTED_RATE
 
     def as_dict(self) -> dict:
         return asdict(self)

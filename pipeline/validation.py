@@ -5,10 +5,11 @@ Given the audit's tables and which samples carry the planted artifact, it answer
 - *Class level*: where does the planted class rank among the classes, ordered as the report orders them (flagged
   first, then by shortcut score)? Is it flagged, and is any clean class flagged too?
 - *Sample level*: does the audit's own per-sample score separate the stamped images from the clean ones? The score
-  is each sample's value of the planted class's shortcut statistic (its focus on the border band, or on the corner
-  the class's heatmaps favour: :func:`pipeline.findings.shortcut_values`), so it uses what the audit found, not
-  where the artifact really is. Figures: AUROC of stamped versus all clean images, and precision at k, the share
-  of stamped images among the k highest scores (k = the number of stamped images, and k = 100).
+  is each sample's value of the planted class's shortcut statistic (its focus on the border band, on the corner
+  the class's heatmaps favour or on the class's hot spot, or its background attention:
+  :func:`pipeline.findings.shortcut_values`), so it uses what the audit found, not where the artifact really is.
+  Figures: AUROC of stamped versus all clean images, and precision at k, the share of stamped images among the k
+  highest scores (k = the number of stamped images, and k = 100).
 - The ``uses_shortcut`` sample flag: its precision and recall for the stamped images.
 """
 

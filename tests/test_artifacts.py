@@ -1,5 +1,8 @@
+import re
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline import AuditError
 from pipeline.artifacts import Artifact
@@ -53,13 +56,20 @@ def test_carriers_are_a_stable_share_of_the_class_given_by_the_rate():
 
 @pytest.mark.parametrize("options, message", [
     ({"kind": "sticker"}, "--artifact must be one of"),
-    ({"position": "middle"}, "--position must be one of"),
+    ({"position": "middle"}, "--position must be one of top-left, top-right, bottom-left, bottom-right or x,y"),
+    ({"position": "0.5,1.2"}, "x,y fractions in [0, 1] (e.g. 0.5,0.4), got '0.5,1.2'"),
+    ({"position": "0.5"}, "--position must be one of"),
+    ({"position": "a,b"}, "--position must be one of"),
+    ({"kind": "frame", "position": "top-left"}, "a frame has none"),
+    ({"kind": "background", "position": "0.5,0.5"}, "a background has none"),
+    ({"kind": "background", "fill": "plaid"}, "--fill must be one of texture, colour"),
+    ({"fill": "colour"}, "--fill is what replaces a planted background; a corner has none"),
     ({"rate": 0.0}, "--rate must be in"),
     ({"opacity": 1.5}, "--opacity must be in"),
     ({"size": 0.9}, "--size must be in"),
 ])
 def test_bad_artifact_options_are_refused_with_the_option_named(options, message):
-    with pytest.raises(AuditError, match=message):
+    with pytest.raises(AuditError, match=re.escape(message)):
         Artifact(**({"kind": "corner", "class_name": "cat"} | options))
 
 
@@ -85,3 +95,80 @@ def test_a_planted_source_stamps_exactly_its_carriers_in_batches_training_arrays
 def test_planting_into_a_class_the_dataset_lacks_is_refused_with_its_classes():
     with pytest.raises(AuditError, match="class 'zebra' is not in the dataset; its classes are circle, square"):
         open_source(SourceSpec(kind="synthetic", artifact=Artifact("corner", "zebra")))
+
+
+@pytest.mark.parametrize(("position", "centre"), [("0.5,0.4", (12.8, 16)), ("0.25,0.75", (24, 8)),
+                                                  ("0,0", (2, 2)), ("1,1", (29, 29))])
+def test_a_patch_is_centred_on_its_x_y_fractions_and_kept_inside_the_image(position, centre):
+    out = Artifact("patch", "cat", position=position, size=0.15).apply(GREY)
+    rows, cols = np.nonzero(changed(out[0]))
+    assert len(rows) == 25  # a 5-px square, whole
+    assert abs(rows.mean() - centre[0]) <= 1 and abs(cols.mean() - centre[1]) <= 1
+    big = np.full((1, 128, 128, 3), 100, dtype=np.uint8)  # the same place at 4x the resolution
+    rows, cols = np.nonzero(changed(Artifact("patch", "cat", position=position).apply(big)[0]))
+    assert abs(rows.mean() / 128 - centre[0] / 32) <= 0.03 and abs(cols.mean() / 128 - centre[1] / 32) <= 0.03
+
+
+def test_a_patch_goes_to_the_centre_by_default_and_a_stamp_can_go_inside_too():
+    assert Artifact("patch", "cat").position == "0.5,0.5"
+    rows, cols = np.nonzero(changed(Artifact("stamp", "cat", position="0.5,0.5").apply(GREY)[0]))
+    assert 8 < rows.mean() < 24 and 8 < cols.mean() < 24
+
+
+@pytest.mark.parametrize(("fill", "opacity"), [("texture", 1.0), ("colour", 1.0), ("colour", 0.4)])
+def test_a_background_is_replaced_or_tinted_outside_the_object_mask_only(fill, opacity):
+    foreground = np.zeros((2, 32, 32), dtype=bool)
+    foreground[0, 8:24, 10:20] = True
+    foreground[1, 0:16, :] = True
+    out = Artifact("background", "cat", fill=fill, opacity=opacity).apply(GREY, foreground)
+    assert not changed(out)[foreground].any() and changed(out)[~foreground].all()
+    if fill == "colour":
+        expected = np.round(100 * (1 - opacity) + np.array([0.0, 160.0, 255.0]) * opacity)
+        np.testing.assert_allclose(out[~foreground], np.broadcast_to(expected, out[~foreground].shape), atol=1)
+    else:
+        assert len(np.unique(out[0][~foreground[0]], axis=0)) == 2  # two-coloured stripes
+    with pytest.raises(ValueError, match="needs the images' object masks"):
+        Artifact("background", "cat").apply(GREY)
+
+
+def test_a_planted_background_changes_only_background_pixels_of_the_chosen_images_of_its_class():
+    artifact = Artifact("background", "circle", rate=0.5)
+    clean = open_source(SourceSpec(kind="synthetic", train_size=200, test_size=100, planted_class=None))
+    planted = open_source(SourceSpec(kind="synthetic", train_size=200, test_size=100, artifact=artifact))
+    batch, plain = next(planted.batches((32, 32), 100)), next(clean.batches((32, 32), 100))
+    differs = batch.images != plain.images
+    assert (differs.any(axis=(1, 2, 3)) == batch.planted).all() and batch.planted.sum() > 4
+    assert (plain.labels[batch.planted] == 0).all()
+    assert not differs.any(axis=-1)[plain.foreground].any()  # never on the object
+    assert differs.any(axis=-1)[batch.planted][~plain.foreground[batch.planted]].mean() > 0.9
+    ids = list(batch.sample_ids[batch.planted][:2])
+    assert all((a == b).all() for a, b in zip(planted.load(ids), batch.images[batch.planted][:2], strict=True))
+
+
+def _folder(root, masks: bool):
+    """Two classes of four flat 16x16 images; with ``masks``, Oxford-style trimaps (1 pet, 2 background)."""
+    for name in ("cat", "dog"):
+        (root / "images" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((16, 16, 3), 100, dtype=np.uint8)).save(root / "images" / name / f"{name}{i}.png")
+            if masks:
+                (root / "trimaps").mkdir(exist_ok=True)
+                trimap = np.full((16, 16), 2, dtype=np.uint8)
+                trimap[4:12, 4:12] = 1
+                Image.fromarray(trimap).save(root / "trimaps" / f"{name}{i}.png")
+
+
+def test_a_background_is_planted_into_a_folder_with_true_masks_and_refused_without(tmp_path):
+    _folder(tmp_path, masks=True)
+    artifact = Artifact("background", "dog", rate=1.0)
+    planted = open_source(SourceSpec(kind="folder", name=str(tmp_path / "images"), masks=str(tmp_path / "trimaps"),
+                                     artifact=artifact))
+    batch = next(planted.batches((16, 16), 8))
+    assert batch.planted.tolist() == [False] * 4 + [True] * 4
+    assert not changed(batch.images[:4]).any()
+    region = changed(batch.images[4:])
+    assert not region[:, 4:12, 4:12].any() and region.sum() == 4 * (256 - 64)
+    original = planted.load(["dog/dog0.png"])[0]
+    assert (changed(original[None])[0] == region[0]).all()
+    with pytest.raises(AuditError, match="--artifact background replaces the background .* give --masks DIR"):
+        open_source(SourceSpec(kind="folder", name=str(tmp_path / "images"), artifact=artifact))

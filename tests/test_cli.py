@@ -41,12 +41,62 @@ def test_the_console_script_and_python_m_both_answer(command):
         (["validate", "demo", "--artifact", "stamp", "--rate", "2"], "--rate must be in (0, 1]"),
         (["demo", "--threshold", "min_tail=0.3"], "unknown threshold(s) 'min_tail'; known: min_focus_ratio"),
         (["validate", "demo", "--artifact", "frame", "--model", "m.keras"], "it cannot use --model"),
+        (["validate", "demo", "--artifact", "patch", "--position", "1.5,0.4"],
+         "--position must be one of top-left, top-right, bottom-left, bottom-right or x,y fractions in [0, 1]"),
+        (["validate", "demo", "--artifact", "frame", "--position", "0.5,0.5"], "a frame has none"),
+        (["validate", "demo", "--artifact", "corner", "--fill", "colour"], "--fill is what replaces a planted"),
+        (["demo", "--plant", "patch", "--model", "m.keras"], "it cannot use --model"),
     ],
 )
 def test_user_errors_exit_2_with_one_line_and_no_traceback(argv, message, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("supervised", [False, True])
+def test_a_background_cannot_be_planted_into_a_folder_without_masks(tmp_path, capsys, supervised):
+    """In-process, and as a program, where the check runs before TensorFlow is imported."""
+    from PIL import Image
+
+    for name in ("cat", "dog"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "data" / name / "a.png")
+    argv = ["validate", str(tmp_path / "data"), "--artifact", "background", "--class", "cat"]
+    if supervised:
+        result = subprocess.run([sys.executable, "-m", "pipeline", *argv], capture_output=True, text=True,
+                                timeout=120)
+        code, err = result.returncode, result.stderr
+    else:
+        code, err = cli.main(argv), capsys.readouterr().err
+    assert code == 2 and "--artifact background replaces the background" in err and "give --masks DIR" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv", [
+    ["validate", "demo", "--artifact", "patch", "--position", "0.5,0.4", "--class", "circle"],
+    ["validate", "demo", "--artifact", "background", "--fill", "colour", "--class", "square"],
+    ["demo", "--plant", "patch"],
+    ["demo", "--plant", "background"],
+])
+def test_validate_and_the_demo_plant_a_patch_and_a_background(tmp_path, argv):
+    """Tiny runs (one epoch: the model need not learn the artifact): the artifact is planted where asked, into its
+    class only, and the detection figures are printed and recorded."""
+    result = subprocess.run([sys.executable, "-m", "pipeline", *argv, "--train-size", "300", "--test-size", "150",
+                             "--epochs", "1", "--out", str(tmp_path / "report")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "report" / "audit.json").read_text())
+    planted, figures = record["dataset"]["planted"], record["validation"]
+    kind = argv[argv.index("--artifact") + 1] if "--artifact" in argv else argv[-1]
+    assert planted["kind"] == kind and planted["class_name"] == figures["planted_class"]
+    assert planted["position"] == ("0.5,0.4" if "--position" in argv else "0.5,0.5" if kind == "patch" else None)
+    assert re.search(rf"planted class '{figures['planted_class']}' \(\d+ stamped audited images\): rank \d",
+                     result.stdout)
+    samples = pd.read_parquet(tmp_path / "report" / "samples.parquet")
+    assert figures["stamped_samples"] == samples["planted"].sum() > 5
+    assert (samples.loc[samples["planted"], "label_name"] == figures["planted_class"]).all()
 
 
 def test_bad_numbers_are_refused_by_the_parser(capsys):

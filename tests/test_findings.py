@@ -24,7 +24,7 @@ def make_table(n: int = 100, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
         "focus_corner": np.asarray(heatmaps.CORNERS)[corners.argmax(axis=1)],
         **{findings.corner_column(c): corners[:, i] for i, c in enumerate(heatmaps.CORNERS)},
         "background_attention": rng.uniform(0, 0.3, len(labels)), "concentration": rng.uniform(0, 1, len(labels)),
-        "cam_valid": True,
+        "cam_valid": True, "mask_kind": "estimated",
     })
     return samples, probs
 
@@ -210,3 +210,123 @@ def test_thresholds_can_be_overridden_by_name_and_unknown_names_are_refused():
     strict = findings.build_tables(*table_with_corner_subpopulation(1, share=0.3), np.ones((400, 4, 4), np.float32),
                                    CLASSES, (32, 32), findings.Thresholds(min_tail_share=0.4))
     assert not strict.classes["flagged"].any()
+
+
+def cams_with_interior_spot(samples: pd.DataFrame, k: int, share: float = 0.4, seed: int = 0) -> np.ndarray:
+    """8x8 heatmaps: everyone looks at the centre, with noise; ``share`` of class k's images also at a spot left of
+    centre (cells rows 3-4, columns 0-1: pixels 12-19 x 0-7 at 32x32), as at an interior logo."""
+    rng = np.random.default_rng(seed)
+    cams = rng.uniform(0.0, 0.2, (len(samples), 8, 8)).astype(np.float32)
+    cams[:, 3:5, 3:5] += 1.0
+    rows = np.flatnonzero(samples["label"] == k)[: int(share * 100)]
+    cams[rows, 3:5, 0:2] += 2.0
+    return cams
+
+
+def test_a_class_whose_heatmaps_carry_an_interior_spot_is_flagged_for_that_spot_and_clean_classes_are_not():
+    samples, probs = make_table()
+    tables = build(samples, probs, cams=cams_with_interior_spot(samples, 2))
+    classes = tables.classes.set_index("class_name")
+    assert classes["flagged"].tolist() == [False, False, True, False]
+    row = classes.loc["c"]
+    assert row["shortcut_statistic"] == "spot_focus" and row["region_kind"] == "spot"
+    assert row["spot_focus_tail_share"] == pytest.approx(0.4, abs=0.05)
+    assert row["region"].startswith("a spot left of centre covering ")
+    assert f"more focused on {row['region']} than 95% of other classes' images" in row["evidence"]
+    region = tables.regions[2]
+    assert region[16, 3] and not region[16, 16] and not region[2, 3] and region.mean() == row["region_share"]
+    # Every sample's focus on the spot is a column of the samples table, for this class's spot only.
+    assert row["region_column"] == "spot_focus_2"
+    assert [c for c in tables.samples if c.startswith("spot_focus_")] == ["spot_focus_2"]
+    uses = tables.samples["flags"].str.contains("uses_shortcut").to_numpy()
+    mine = tables.samples["label"].to_numpy() == 2
+    assert uses[mine][:40].all() and uses[mine][40:].sum() <= 6 and not uses[~mine].any()
+
+
+def test_heatmaps_alike_in_every_class_have_no_spot_signal():
+    samples, probs = make_table()
+    cams = cams_with_interior_spot(samples, 2, share=0.0)
+    tables = build(samples, probs, cams=cams)
+    assert not tables.classes["candidate"].any()
+    assert (tables.classes["spot_focus_tail_share"].dropna() < findings.Thresholds().min_tail_share).all()
+
+
+def test_a_diffuse_excess_is_no_spot():
+    samples, _ = make_table()
+    cams = np.full((len(samples), 8, 8), 0.1, dtype=np.float32)
+    cams[samples["label"].to_numpy() == 1, :, :6] += 1.0  # class 1 looks at three quarters of the image
+    spots = findings.class_hot_spots(cams, samples["label"].to_numpy(), 4, (32, 32))
+    assert not spots[1].any()
+    assert not findings.class_hot_spots(cams, samples["label"].to_numpy(), 4, (32, 32),
+                                        findings.Thresholds(max_spot_share=1.0))[1].all()
+
+
+def test_the_causal_check_of_a_spot_blanks_the_spot():
+    samples, probs = make_table()
+    regions = {}
+
+    def occlusion(k, region):
+        regions[k] = region
+        return occlusion_result(0.3)
+
+    tables = build(samples, probs, occlusion=occlusion, cams=cams_with_interior_spot(samples, 2))
+    assert list(regions) == [2] and (regions[2] == tables.regions[2]).all()
+    assert "blanking a spot left of centre covering" in tables.classes.loc[2, "evidence"]
+
+
+@pytest.mark.parametrize(("mask_kind", "words"), [
+    (["true"], "the background (true masks)"),
+    (["estimated"], "the background (estimated masks)"),
+    (["true", "estimated"], "the background (true masks for 50% of the images, estimated for the rest)"),
+])
+def test_a_class_with_high_background_attention_is_flagged_for_the_background_naming_its_masks(mask_kind, words):
+    samples, probs = make_table()
+    samples["mask_kind"] = np.resize(mask_kind, len(samples))
+    samples.loc[samples["label"] == 1, "background_attention"] += 0.5
+    regions = {}
+
+    def occlusion(k, region):
+        regions[k] = region
+        return occlusion_result(0.3)
+
+    tables = build(samples, probs, occlusion=occlusion)
+    row = tables.classes.loc[1]
+    assert tables.classes["flagged"].tolist() == [False, True, False, False]
+    assert row["shortcut_statistic"] == "background_attention" and row["region"] == words
+    assert row["background_attention_auroc"] == 1.0 and row["background_attention_ratio"] > 3
+    assert regions == {1: None} and 1 not in tables.regions  # each image's own background, no fixed region
+    assert row["evidence"].startswith(f"likely shortcut: 100% of 'b' images put more of their heatmap on {words} "
+                                      "than 95% of other classes' images")
+    assert f"filling {words} with grey changes 'b' accuracy" in row["evidence"]
+    assert tables.samples.loc[tables.samples["label"] == 1, "flags"].str.contains("uses_shortcut").all()
+
+
+def test_a_sub_population_attending_to_the_background_makes_its_class_a_candidate():
+    samples, probs = make_table()
+    rows = np.flatnonzero(samples["label"] == 3)[:30]
+    samples.loc[rows, "background_attention"] = 0.9
+    row = build(samples, probs).classes.loc[3]
+    assert row["candidate"] and row["shortcut_statistic"] == "background_attention"
+    assert row["background_attention_auroc"] < findings.Thresholds().min_auroc
+    assert row["shortcut_score"] == pytest.approx(0.3, abs=0.05)  # the 30, and a few clean ones by chance
+
+
+def test_a_fixed_region_that_passes_is_preferred_to_the_background():
+    samples, probs = table_with_border_class(2)
+    samples.loc[samples["label"] == 2, "background_attention"] += 0.5
+    row = build(samples, probs).classes.loc[2]
+    assert row["background_attention_tail_share"] == 1.0 and row["shortcut_statistic"] == "border_focus"
+
+
+@pytest.mark.parametrize(("rows", "cols", "words"), [
+    (slice(14, 18), slice(4, 10), "a spot left of centre covering 2% of the image"),
+    (slice(28, 30), slice(4, 28), "a horizontal strip at the bottom covering 5% of the image"),
+    (slice(2, 6), slice(26, 30), "a spot in the top-right covering 2% of the image"),
+    (slice(12, 20), slice(12, 20), "a spot at the centre covering 6% of the image"),
+    (slice(4, 28), slice(15, 17), "a vertical strip at the centre covering 5% of the image"),
+    (slice(16, 17), slice(16, 17), "a spot at the centre covering under 1% of the image"),
+])
+def test_a_region_is_described_in_words_by_its_shape_place_and_size(rows, cols, words):
+    region = np.zeros((32, 32), dtype=bool)
+    region[rows, cols] = True
+    assert findings.describe_region(region) == words

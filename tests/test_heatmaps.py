@@ -140,3 +140,27 @@ def test_upsampling_keeps_maps_non_negative_and_a_constant_map_constant():
     mass, valid = heatmaps.to_mass(up)
     assert valid.all() and (mass >= 0).all()
     np.testing.assert_allclose(mass.sum(axis=(1, 2)), 1.0, rtol=1e-5)
+
+
+def test_focus_on_regions_at_the_heatmaps_resolution_equals_the_focus_of_the_upsampled_maps():
+    rng = np.random.default_rng(0)
+    cams = rng.gamma(1.0, 1.0, (6, 7, 5)).astype(np.float32)
+    cams[0] = 0.0  # an empty map
+    regions = np.zeros((3, 28, 20), dtype=bool)
+    regions[0, 3:9, 11:17] = True
+    regions[1] = heatmaps.border_band(28, 20)
+    mass, _ = heatmaps.to_mass(heatmaps.upsample(cams, (28, 20)))
+    focus = heatmaps.focus_on_regions(cams, regions)
+    for k in (0, 1):
+        np.testing.assert_allclose(focus[1:, k], heatmaps.region_focus(mass[1:], regions[k]), rtol=1e-4)
+    assert np.isnan(focus[0]).all() and np.isnan(focus[:, 2]).all()  # an empty map, an empty region
+
+
+def test_the_hot_spot_is_the_connected_part_around_the_peak_above_half_of_it():
+    heat = np.zeros((8, 8))
+    heat[1:3, 1:3] = 1.0
+    heat[2, 3] = 0.6  # touches the peak's region: in
+    heat[6, 6] = 0.9  # above half the peak but apart: out
+    spot = heatmaps.hot_spot(heat)
+    assert spot.sum() == 5 and spot[2, 3] and not spot[6, 6]
+    assert not heatmaps.hot_spot(np.zeros((4, 4))).any()

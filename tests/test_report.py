@@ -142,3 +142,16 @@ def test_link_images_is_refused_for_a_dataset_that_is_not_an_image_folder():
         AuditConfig(dataset="demo", link_images=True).check_paths()
     with pytest.raises(AuditError, match="validate cannot use it"):
         AuditConfig(dataset="demo", link_images=True, artifact={"kind": "corner"})
+
+
+def test_a_blamed_region_is_outlined_in_cyan_at_the_picture_s_size():
+    from pipeline.report import OUTLINE_COLOUR, outlined
+
+    picture = np.zeros((64, 64, 3), dtype=np.uint8)
+    region = np.zeros((32, 32), dtype=bool)
+    region[8:16, 4:12] = True  # at twice the size in the picture: rows 16-31, columns 8-23
+    out = outlined(picture, region)
+    cyan = (out == OUTLINE_COLOUR).all(axis=-1)
+    assert cyan[16, 8:24].all() and cyan[31, 8:24].all() and cyan[16:32, 8].all() and cyan[16:32, 23].all()
+    assert not cyan[18:30, 10:22].any() and cyan.sum() == 4 * 15  # the contour only, inside the region
+    assert (picture == 0).all()  # a copy
