@@ -1,13 +1,15 @@
 """Self-validation on real CIFAR-10: plant each artifact kind into one class, train, audit, measure detection.
 
-    python benchmarks/validate_cifar10.py [--train-limit 25000] [--epochs 10] [--rate 0.5]
+    python benchmarks/validate_cifar10.py [--train-limit 25000] [--epochs 10] [--rate 0.5] [--sweep]
 
 Runs what ``gradcam-audit validate`` runs, once per artifact (a corner mark on 'horse' in the top-left corner, a
-border frame on 'cat', a text stamp on 'truck' in the bottom-left corner, each on ``--rate`` of the class's images
-in both splits), plus a control audit of the clean dataset with the same training settings, and prints one table:
-the planted class's rank among the classes, whether it is flagged, which clean classes are flagged, the sample-level
-AUROC and precision at k of stamped versus clean test images. Reference models are cached, so a second run only
-audits. Reports go to ``--out`` (default: a temporary folder). The last line is one JSON object.
+border frame on 'cat', a text stamp on 'truck' in the bottom-left corner, an interior patch on 'deer' at (0.5, 0.4)
+and one on 'ship' at (0.3, 0.7), each on ``--rate`` of the class's images in both splits; with ``--sweep`` also the
+deer patch at rates 0.2 and 0.1, opacity 0.5 and size 0.1), plus a control audit of the clean dataset with the same
+training settings, and prints one table: the planted class's rank among the classes, whether it is flagged, which
+clean classes are flagged, the sample-level AUROC and precision at k of stamped versus clean test images, and the
+precision and recall of the ``uses_shortcut`` sample flag for the stamped images. Reference models are cached, so
+a second run only audits. Reports go to ``--out`` (default: a temporary folder). The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -26,6 +28,15 @@ PLANTS = (
     {"kind": "corner", "class_name": "horse", "position": "top-left"},
     {"kind": "frame", "class_name": "cat"},
     {"kind": "stamp", "class_name": "truck", "position": "bottom-left"},
+    {"kind": "patch", "class_name": "deer", "position": "0.5,0.4"},
+    {"kind": "patch", "class_name": "ship", "position": "0.3,0.7"},
+)
+#: ``--sweep``: where detection of an interior patch stops, one option changed at a time from the first patch row.
+SWEEP = (
+    {"kind": "patch", "class_name": "deer", "position": "0.5,0.4", "rate": 0.2},
+    {"kind": "patch", "class_name": "deer", "position": "0.5,0.4", "rate": 0.1},
+    {"kind": "patch", "class_name": "deer", "position": "0.5,0.4", "opacity": 0.5},
+    {"kind": "patch", "class_name": "deer", "position": "0.5,0.4", "size": 0.1},
 )
 
 
@@ -41,18 +52,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--rate", type=float, default=0.5)
     parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp()))
+    parser.add_argument("--sweep", action="store_true", help="also the interior patch at lower rate, opacity and size")
     args = parser.parse_args()
     options = {"train_limit": args.train_limit, "epochs": args.epochs}
 
     rows = []
-    for plant in PLANTS:
-        artifact = Artifact(**plant, rate=args.rate)
+    for n, plant in enumerate(PLANTS + (SWEEP if args.sweep else ())):
+        artifact = Artifact(**{"rate": args.rate, **plant})
         start = time.perf_counter()
-        result = audit(str(args.data), artifact=artifact.as_dict(), out=str(args.out / artifact.kind), **options)
+        result = audit(str(args.data), artifact=artifact.as_dict(), out=str(args.out / f"{n}-{artifact.kind}"),
+                       **options)
         figures = result.meta["validation"]
         planted = result.classes.set_index("class_name").loc[artifact.class_name]
         rows.append({"artifact": f"{artifact.kind} ({artifact.position if artifact.kind != 'frame' else 'all round'}"
-                                 f", size {artifact.size}, opacity {artifact.opacity})",
+                                 f", size {artifact.size}, opacity {artifact.opacity}, rate {artifact.rate})",
                      "accuracy": result.meta["results"]["accuracy"], "seconds": time.perf_counter() - start,
                      "spray_clusters": spray_clusters(result.classes),
                      "shortcut_cluster_share": planted["shortcut_cluster_share"],
@@ -66,24 +79,25 @@ def main() -> None:
 
     print(f"\nCIFAR-10, reference CNN trained on {args.train_limit} planted train images for {args.epochs} epochs; "
           f"test split audited ({len(clean.samples):,} images); artifact on {args.rate:.0%} of the class's images")
-    print(f"{'artifact':52s} {'class':>6s} {'rank':>4s} {'flag':>5s} {'AUROC':>6s} {'P@k':>5s} {'P@100':>5s} "
-          f"{'acc':>5s}  clean classes flagged")
+    print(f"{'artifact':66s} {'class':>6s} {'rank':>4s} {'flag':>5s} {'AUROC':>6s} {'P@k':>5s} {'us.P':>5s} "
+          f"{'us.R':>5s} {'acc':>5s}  clean classes flagged")
     for row in rows:
         if row["rank"] is None:
-            print(f"{row['artifact']:52s} {'-':>6s} {'-':>4s} {'-':>5s} {'-':>6s} {'-':>5s} {'-':>5s} "
+            print(f"{row['artifact']:66s} {'-':>6s} {'-':>4s} {'-':>5s} {'-':>6s} {'-':>5s} {'-':>5s} {'-':>5s} "
                   f"{row['accuracy']:5.3f}  {', '.join(row['clean_classes_flagged']) or 'none'}")
             continue
-        print(f"{row['artifact']:52s} {row['planted_class']:>6s} {row['rank']:4d} {str(row['flagged']):>5s} "
-              f"{row['sample_auroc']:6.3f} {row['precision_at_stamped']:5.3f} {row['precision_at_100']:5.3f} "
+        print(f"{row['artifact']:66s} {row['planted_class']:>6s} {row['rank']:4d} {str(row['flagged']):>5s} "
+              f"{row['sample_auroc']:6.3f} {row['precision_at_stamped']:5.3f} {row['uses_shortcut_precision']:5.3f} "
+              f"{row['uses_shortcut_recall']:5.3f} "
               f"{row['accuracy']:5.3f}  {', '.join(row['clean_classes_flagged']) or 'none'}")
     print("\nDid the model learn it? Tail share of the planted class vs the largest clean class's; within the class, "
           "median focus on the blamed region and accuracy, stamped vs clean images; SpRAy clusters per class")
     for row in rows:
         if row["rank"] is None:
-            print(f"{row['artifact']:52s} largest tail share {row['max_clean_tail_share']:.3f}; SpRAy "
+            print(f"{row['artifact']:66s} largest tail share {row['max_clean_tail_share']:.3f}; SpRAy "
                   f"{row['spray_clusters']}")
             continue
-        print(f"{row['artifact']:52s} tail {row['planted_tail_share']:.3f} vs clean <= "
+        print(f"{row['artifact']:66s} tail {row['planted_tail_share']:.3f} vs clean <= "
               f"{row['max_clean_tail_share']:.3f}; focus {row['stamped_median_focus']:.2f} vs "
               f"{row['clean_median_focus']:.2f}; accuracy "
               f"{row['stamped_accuracy']:.2f} vs {row['clean_accuracy']:.2f}; SpRAy {row['spray_clusters']}, the "

@@ -97,5 +97,11 @@ def test_cross_fitting_audits_the_training_split_out_of_sample(tmp_path):
     assert len(result.samples) == 300
     assert "2 folds" in result.meta["model"]["trained_on"] and len(result.meta["model"]["paths"]) == 2
     assert not any("in-sample" in w for w in result.meta["warnings"])
-    in_sample = audit("demo", split="train", train_size=300, test_size=50, epochs=1, out=str(tmp_path / "again"))
+    in_sample = audit("demo", split="train", cross_fit=0, train_size=300, test_size=50, epochs=1,
+                      out=str(tmp_path / "again"))
     assert any("in-sample" in w for w in in_sample.meta["warnings"])
+    assert in_sample.meta["model"]["trained_on"] == "demo/train"
+    # Without --cross-fit, auditing the split the reference model trains on cross-fits (5 folds) by default.
+    default = audit("demo", split="train", train_size=300, test_size=50, epochs=1, out=str(tmp_path / "default"))
+    assert default.meta["model"]["cross_fit"] == 5 and len(default.meta["model"]["paths"]) == 5
+    assert not any("in-sample" in w for w in default.meta["warnings"])
