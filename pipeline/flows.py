@@ -274,9 +274,13 @@ def _audit(config: AuditConfig, source, out_dir: Path, progress: Progress | None
     if merged.table.empty:
         raise AuditError("no sample of the split could be decoded; see the skipped inputs")
     spec, size = runs.source_spec(config), tuple(model_info["input_size"])
+    # Seconds per stage inside the shards, summed over them (worker-seconds when shards run in parallel; a shard
+    # reused from the result store keeps the figures of the run that computed it).
+    timings["shard_stages_s"] = {stage: round(seconds, 3) for stage, seconds in merged.stages.items()}
     tables = find(spec, model_info["paths"], config, merged, size, thresholds)
+    timings["findings_s"], tick = time.perf_counter() - tick, time.perf_counter()
     tables.duplicates = find_duplicates(spec, config, merged, size, thresholds)
-    timings["findings_s"] = time.perf_counter() - tick
+    timings["duplicates_s"] = time.perf_counter() - tick
     detection = None if source.planted is None else validation.detection_figures(
         tables.samples, tables.classes, source.planted["class_name"])
     tables.meta = runs.run_record(config, source, model_info, tables, thresholds, created=now,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -31,6 +32,25 @@ class ShardResult:
     digests: np.ndarray  # (n,) str digests of the pixels the model saw, for exact duplicates
     thumbnails: np.ndarray  # (n, 32, 32, 3) uint8 thumbnails, for near duplicates
     worker: dict = field(default_factory=dict)  # where the shard was computed (set by the orchestration)
+    stages: dict = field(default_factory=dict)  # seconds spent per stage (STAGES) on this shard
+
+
+#: The stages of a shard timed by :func:`scan`: waiting for the source's next decoded batch (folder and tfds sources
+#: decode ahead in tf.data threads, so this is the part decoding does not hide), the Grad-CAM engine, statistics
+#: (upsampling, mass, summaries, the table), the foreground estimate, and the digests and thumbnails of duplicates.
+STAGES = ("decode_s", "gradcam_s", "statistics_s", "foreground_s", "thumbnails_s")
+
+
+class _Clock:
+    """Seconds since the previous lap."""
+
+    def __init__(self):
+        self.last = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        elapsed, self.last = now - self.last, now
+        return elapsed
 
 
 def _explain(explainers: list[GradCAM], images: np.ndarray, labels: np.ndarray, folds: np.ndarray | None):
@@ -56,12 +76,15 @@ def scan(source: Source, explainers: list[GradCAM], start: int, stop: int, batch
     """
     size = explainers[0].image_size(source.natural_size)
     tables, probs, cams, skipped, digests, thumbs = [], [], [], [], [], []
+    stages, clock = dict.fromkeys(STAGES, 0.0), _Clock()
     for batch in source.batches(size, batch_size, start, stop):
+        stages["decode_s"] += clock.lap()
         skipped.extend(batch.skipped)
         if len(batch.labels) == 0:
             continue
         folds = cross_fit_folds(batch.sample_ids, len(explainers), fold_seed) if len(explainers) > 1 else None
         out = _explain(explainers, batch.images, batch.labels, folds)
+        stages["gradcam_s"] += clock.lap()
         mass, valid = heatmaps.to_mass(upsample(out.cam_pred, size))
         label_mass, label_valid = heatmaps.to_mass(upsample(out.cam_label, size))
         mask_kind = np.full(len(batch.labels), "none", dtype=object) if batch.mask_kind is None \
@@ -69,9 +92,11 @@ def scan(source: Source, explainers: list[GradCAM], start: int, stop: int, batch
         foreground = np.zeros((len(batch.labels), *size), dtype=bool) if batch.foreground is None \
             else batch.foreground.copy()
         missing = mask_kind != "true"
+        stages["statistics_s"] += clock.lap()
         if missing.any():
             foreground[missing] = estimate_foreground(batch.images[missing])
             mask_kind[missing] = "estimated"
+        stages["foreground_s"] += clock.lap()
         stats = heatmaps.summarise(mass, foreground)
         label_stats = heatmaps.summarise(label_mass, foreground)
         rows = np.arange(len(batch.labels))
@@ -95,13 +120,15 @@ def scan(source: Source, explainers: list[GradCAM], start: int, stop: int, batch
         tables.append(table)
         probs.append(out.probs.astype(np.float32))
         cams.append(out.cam_pred.astype(np.float32))
+        stages["statistics_s"] += clock.lap()
         digests.append(pixel_digests(batch.images))
         thumbs.append(thumbnails(batch.images))
+        stages["thumbnails_s"] += clock.lap()
     if not tables:
         return ShardResult(pd.DataFrame(), np.zeros((0, len(source.class_names)), np.float32),
                            np.zeros((0, 1, 1), np.float32), skipped, np.zeros(0, dtype=object), _no_thumbnails())
     return ShardResult(pd.concat(tables, ignore_index=True), np.concatenate(probs), np.concatenate(cams), skipped,
-                       np.concatenate(digests), np.concatenate(thumbs))
+                       np.concatenate(digests), np.concatenate(thumbs), stages=stages)
 
 
 def _no_thumbnails() -> np.ndarray:
@@ -148,4 +175,5 @@ def merge(shards: list[ShardResult]) -> ShardResult:
         [item for s in shards for item in s.skipped],
         np.concatenate([s.digests for s in full]),
         np.concatenate([s.thumbnails for s in full]),
+        stages={stage: sum(s.stages.get(stage, 0.0) for s in shards) for stage in STAGES},
     )

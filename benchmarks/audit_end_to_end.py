@@ -1,0 +1,170 @@
+"""A whole audit from the command to the report, with a given model and a cold shard cache, stage by stage.
+
+    python benchmarks/audit_end_to_end.py [--photos 0] [--photos-small 2500]
+
+1. CIFAR-10 test (10,000 JPEGs of ``../shared/datasets/cifar10``) with a CNN of the reference architecture trained
+   for 3 epochs on 5,000 training images (cached under ``--work``): ``gradcam-audit run DATA --split test --model M``
+   in a fresh process with an empty result store, timed from the command to its exit (the report written), and its
+   peak RSS. From ``audit.json``: the flow's own seconds (model check, shards, findings with SpRAy, cleanlab and the
+   causal check, duplicates), the seconds per shard stage (decode, Grad-CAM, statistics, foreground estimate,
+   thumbnails), and what is left (Python, TensorFlow and Prefect start-up, the report). Against it, the Grad-CAM-only
+   time: the same model over the same split in one process, decode and engine only (warmed).
+2. With ``--photos N``: a folder of N photos made from the shared Cats vs Dogs photos (random crops of 80-100% of
+   each side, every other one mirrored, re-encoded as JPEG quality 90, at their own size), audited the same way with
+   a MobileNetV2 (alpha 0.35, 160x160, ``weights=None``), and a folder of ``--photos-small`` photos for the peak-RSS
+   comparison.
+
+Prints each run's stages and the total as a multiple of its Grad-CAM-only time. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+def cifar_model(data: Path, work: Path) -> Path:
+    """A reference-architecture CNN trained for 3 epochs on 5,000 CIFAR-10 training images (cached in ``work``)."""
+    from pipeline import models
+    from pipeline.datasets import SourceSpec, open_source
+
+    train = open_source(SourceSpec(kind="folder", name=str(data), split="train"))
+    keep = models.training_subset(train.sample_ids, 5_000, seed=0)
+    images, labels = [], []
+    for batch in train.batches((32, 32), 512):
+        chosen = np.isin(batch.sample_ids, train.sample_ids[keep])
+        images.append(batch.images[chosen])
+        labels.append(batch.labels[chosen])
+    trained = models.train_reference_model(np.concatenate(images), np.concatenate(labels), len(train.class_names),
+                                           cache_dir=work / "models", dataset_fingerprint="cifar10-train-5000",
+                                           config=models.reference_recipe(5_000, epochs=3), progress=lambda _: None)
+    return trained.path
+
+
+def photo_model(work: Path) -> Path:
+    import keras
+
+    path = work / "mobilenetv2-035-160.keras"
+    if not path.exists():
+        backbone = keras.applications.MobileNetV2(input_shape=(160, 160, 3), alpha=0.35, include_top=False,
+                                                  weights=None, pooling="avg")
+        outputs = keras.layers.Dense(2, activation="softmax")(backbone.output)
+        keras.Model(backbone.input, outputs, name="mobilenetv2_cats_dogs").save(path)
+    return path
+
+
+def photo_folder(source: Path, root: Path, n: int, seed: int = 0) -> Path:
+    """``root/<cat|dog>/NNNNNN.jpg``: n crops of the source photos, each a random 80-100% of each side, every other
+    one mirrored, JPEG quality 90."""
+    if (root / "done").exists():
+        return root
+    rng = np.random.default_rng(seed)
+    photos = sorted(p for p in source.rglob("*.jpg"))
+    for i in range(n):
+        original = photos[i % len(photos)]
+        with Image.open(original) as image:
+            image = image.convert("RGB")
+            w, h = image.size
+            cw, ch = int(w * rng.uniform(0.8, 1.0)), int(h * rng.uniform(0.8, 1.0))
+            left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            crop = image.crop((left, top, left + cw, top + ch))
+            if i % 2:
+                crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            folder = root / original.parent.name
+            folder.mkdir(parents=True, exist_ok=True)
+            crop.save(folder / f"{i:06d}.jpg", quality=90)
+    (root / "done").touch()
+    return root
+
+
+def gradcam_only(data: str, split: str | None, model: Path, preprocess: str, batch_size: int) -> float:
+    """Seconds to decode the split and run the Grad-CAM engine over it, in this process, after a warm-up batch."""
+    from pipeline.datasets import SourceSpec, open_source
+    from pipeline.gradcam import GradCAM
+    from pipeline.models import load_model, preprocess_function
+
+    source = open_source(SourceSpec(kind="folder", name=data, split=split))
+    engine = GradCAM(load_model(model), preprocess=preprocess_function(preprocess))
+    size = engine.image_size(source.natural_size)
+    warm = next(iter(source.batches(size, batch_size, 0, batch_size)))
+    engine.explain(warm.images, warm.labels)
+    tick = time.perf_counter()
+    for batch in source.batches(size, batch_size):
+        if len(batch.labels):
+            engine.explain(batch.images, batch.labels)
+    return time.perf_counter() - tick
+
+
+def audit_command(data: str, split: str | None, model: Path, preprocess: str, out: Path, cache: Path) -> dict:
+    """Run the CLI in a fresh process with an empty result store; wall seconds, peak RSS (MB) and audit.json."""
+    command = [sys.executable, "-m", "pipeline", "run", data, "--model", str(model), "--preprocess", preprocess,
+               "--out", str(out)] + (["--split", split] if split else [])
+    env = {**os.environ, "GRADCAM_AUDIT_CACHE": str(cache)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    tick = time.perf_counter()
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - tick
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    meta = json.loads((out / "audit.json").read_text())
+    return {"wall_s": wall, "peak_rss_mb": max(peak, before) / 1024, "timings": meta["timings"],
+            "samples": meta["results"]["samples"]}
+
+
+def summary(name: str, run: dict, only: float) -> dict:
+    t = run["timings"]
+    flow = t["total_s"]
+    rest = run["wall_s"] - flow
+    print(f"\n{name}: {run['samples']:,} images, command to report {run['wall_s']:.1f} s, peak RSS "
+          f"{run['peak_rss_mb']:,.0f} MB; Grad-CAM only (decode + engine) {only:.1f} s: "
+          f"total = {run['wall_s'] / only:.1f}x Grad-CAM only")
+    print(f"  start-up and report (outside the flow's timed part): {rest:.1f} s")
+    print(f"  model check {t['model_s']:.1f} s, shards {t['gradcam_s']:.1f} s, findings {t['findings_s']:.1f} s, "
+          f"duplicates {t['duplicates_s']:.1f} s")
+    print("  inside the shards: " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in t["shard_stages_s"].items()))
+    return {"wall_s": round(run["wall_s"], 1), "gradcam_only_s": round(only, 1),
+            "multiple": round(run["wall_s"] / only, 2), "peak_rss_mb": round(run["peak_rss_mb"]), "timings": t}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cifar", type=Path, default=SHARED / "cifar10")
+    parser.add_argument("--cats-dogs", type=Path, default=SHARED / "cats_vs_dogs")
+    parser.add_argument("--photos", type=int, default=0, help="also audit a folder of this many photos (25000)")
+    parser.add_argument("--photos-small", type=int, default=2_500)
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "gradcam-audit-e2e")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    figures = {}
+
+    model = cifar_model(args.cifar, args.work)
+    with tempfile.TemporaryDirectory(prefix="e2e-") as scratch:
+        run = audit_command(str(args.cifar), "test", model, "none", Path(scratch) / "report", Path(scratch) / "cache")
+    figures["cifar10_test"] = summary("CIFAR-10 test", run, gradcam_only(str(args.cifar), "test", model, "none", 128))
+
+    if args.photos:
+        model = photo_model(args.work)
+        for n in (args.photos_small, args.photos):
+            folder = photo_folder(args.cats_dogs, args.work / f"photos-{n}", n)
+            with tempfile.TemporaryDirectory(prefix="e2e-") as scratch:
+                run = audit_command(str(folder), None, model, "tf", Path(scratch) / "report", Path(scratch) / "cache")
+            figures[f"photos_{n}"] = summary(f"{n:,} photos", run, gradcam_only(str(folder), None, model, "tf", 64))
+        small, large = figures[f"photos_{args.photos_small}"], figures[f"photos_{args.photos}"]
+        print(f"\npeak RSS {args.photos_small:,} vs {args.photos:,} photos: {small['peak_rss_mb']:,} vs "
+              f"{large['peak_rss_mb']:,} MB ({large['peak_rss_mb'] / small['peak_rss_mb'] - 1:+.0%})")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
