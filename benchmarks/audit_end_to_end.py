@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -112,13 +111,16 @@ def audit_command(data: str, split: str | None, model: Path, preprocess: str, ou
     command = [sys.executable, "-m", "pipeline", "run", data, "--model", str(model), "--preprocess", preprocess,
                "--out", str(out)] + (["--split", split] if split else [])
     env = {**os.environ, "GRADCAM_AUDIT_CACHE": str(cache)}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # A fresh intermediate process reports the largest peak RSS among its own children: this run's alone (this
+    # process's RUSAGE_CHILDREN would keep the largest of every run so far).
+    wrapper = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL, "
+               "stderr=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
     tick = time.perf_counter()
-    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run([sys.executable, "-c", wrapper, *command], check=True, env=env, capture_output=True,
+                          text=True)
     wall = time.perf_counter() - tick
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     meta = json.loads((out / "audit.json").read_text())
-    return {"wall_s": wall, "peak_rss_mb": max(peak, before) / 1024, "timings": meta["timings"],
+    return {"wall_s": wall, "peak_rss_mb": int(done.stdout.split()[-1]) / 1024, "timings": meta["timings"],
             "samples": meta["results"]["samples"]}
 
 

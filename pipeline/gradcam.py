@@ -195,7 +195,7 @@ class GradCAM:
         self.model = model
         self.layer = find_target_layer(model, layer)
         self._head = _ScoreHead(model)
-        # The embedding (for near-duplicate search) is the penultimate layer: the input of the last Dense layer.
+        # The embedding returned with every batch is the penultimate layer: the input of the last Dense layer.
         dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
         embedding = dense[-1].input if dense else None
         features_model = keras.Model(model.inputs[0], [self._head.features] + ([embedding] if dense else []))
@@ -206,7 +206,6 @@ class GradCAM:
         self._preprocess = preprocess or (lambda x: x)
         self.method = method
         self._compiled = tf.function(self._explain, reduce_retracing=True)
-        self._compiled_embed = tf.function(self._embed, reduce_retracing=True)
 
     def image_size(self, natural: tuple[int, int] | None = None) -> tuple[int, int]:
         """(H, W) at which images enter the model: its fixed input size, else ``natural``, else 224 x 224."""
@@ -237,9 +236,6 @@ class GradCAM:
         cam_label = tf.nn.relu(tf.reduce_sum(self._weights(acts, grads_label) * acts, axis=-1))
         return probs, pred, cam_pred, cam_label, embedding
 
-    def _embed(self, images: tf.Tensor) -> tf.Tensor:
-        return self._forward(images)[2]
-
     def explain(self, images: np.ndarray, labels: np.ndarray) -> CamBatch:
         """Probabilities, predictions, CAMs and embeddings of a batch of images (B, H, W, C) with their given labels
         (B,)."""
@@ -247,8 +243,3 @@ class GradCAM:
             tf.convert_to_tensor(images, dtype=tf.float32), tf.convert_to_tensor(labels, dtype=tf.int32)
         )
         return CamBatch(*(output.numpy() for output in outputs))
-
-    def embed(self, images: np.ndarray) -> np.ndarray:
-        """Penultimate-layer embeddings (B, D) of a batch, forward pass only (for the splits not audited)."""
-        return self._compiled_embed(tf.convert_to_tensor(images, dtype=tf.float32)).numpy()
-
