@@ -94,7 +94,14 @@ def error_lines(output: str) -> list[str]:
 
 
 def assert_clean_exit(run: Run, output: str, cwd: Path, cache: Path) -> None:
-    """No traceback, no process left, no temporary file or half-written cache entry."""
+    """No traceback, no process left, no temporary file or half-written cache entry.
+
+    One traceback is Prefect's own and tolerated: a Dask worker's temporary Prefect server that is stopped before its
+    services started logs "Application shutdown failed" with "AssertionError: Reactive triggers not started" (seen
+    once in CI, before the worker was killed; the run itself completed).
+    """
+    output = re.sub(r"uvicorn\.error - Traceback \(most recent call last\):.*?AssertionError: Reactive triggers not "
+                    r"started", "", output, flags=re.DOTALL)
     assert "Traceback" not in output, output[-3000:]
     time.sleep(1)
     assert marked_processes(run.mark) == []
