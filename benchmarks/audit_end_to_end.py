@@ -1,6 +1,6 @@
 """A whole audit from the command to the report, with a given model and a cold shard cache, stage by stage.
 
-    python benchmarks/audit_end_to_end.py [--photos 0] [--photos-small 2500]
+    python benchmarks/audit_end_to_end.py [--photos 0] [--photos-small 2500] [--workers 2]
 
 1. CIFAR-10 test (10,000 JPEGs of ``../shared/datasets/cifar10``) with a CNN of the reference architecture trained
    for 3 epochs on 5,000 training images (cached under ``--work``): ``gradcam-audit run DATA --split test --model M``
@@ -13,6 +13,11 @@
    each side, every other one mirrored, re-encoded as JPEG quality 90, at their own size), audited the same way with
    a MobileNetV2 (alpha 0.35, 160x160, ``weights=None``), and a folder of ``--photos-small`` photos for the peak-RSS
    comparison.
+
+3. With ``--workers 2``: the CIFAR-10 audit again on a local Dask cluster of 2 worker processes (``--workers 2``),
+   against the first run: the shards' wall seconds and the speed-up, which processes ran the shards (``audit.json``
+   -> ``shards``), and the per-task overhead: the shards' wall seconds times the workers, minus the seconds the
+   shards themselves report, per shard.
 
 Prints each run's stages and the total as a multiple of its Grad-CAM-only time. The last line is one JSON object.
 """
@@ -106,10 +111,12 @@ def gradcam_only(data: str, split: str | None, model: Path, preprocess: str, bat
     return time.perf_counter() - tick
 
 
-def audit_command(data: str, split: str | None, model: Path, preprocess: str, out: Path, cache: Path) -> dict:
+def audit_command(data: str, split: str | None, model: Path, preprocess: str, out: Path, cache: Path,
+                  workers: int = 0) -> dict:
     """Run the CLI in a fresh process with an empty result store; wall seconds, peak RSS (MB) and audit.json."""
     command = [sys.executable, "-m", "pipeline", "run", data, "--model", str(model), "--preprocess", preprocess,
-               "--out", str(out)] + (["--split", split] if split else [])
+               "--out", str(out)] + (["--split", split] if split else []) + (
+                   ["--workers", str(workers)] if workers else [])
     env = {**os.environ, "GRADCAM_AUDIT_CACHE": str(cache)}
     # A fresh intermediate process reports the largest peak RSS among its own children: this run's alone (this
     # process's RUSAGE_CHILDREN would keep the largest of every run so far).
@@ -121,7 +128,7 @@ def audit_command(data: str, split: str | None, model: Path, preprocess: str, ou
     wall = time.perf_counter() - tick
     meta = json.loads((out / "audit.json").read_text())
     return {"wall_s": wall, "peak_rss_mb": int(done.stdout.split()[-1]) / 1024, "timings": meta["timings"],
-            "samples": meta["results"]["samples"]}
+            "samples": meta["results"]["samples"], "shards": meta.get("shards", [])}
 
 
 def summary(name: str, run: dict, only: float) -> dict:
@@ -139,6 +146,23 @@ def summary(name: str, run: dict, only: float) -> dict:
             "multiple": round(run["wall_s"] / only, 2), "peak_rss_mb": round(run["peak_rss_mb"]), "timings": t}
 
 
+def scale_out(one: dict, spread: dict, workers: int) -> dict:
+    """The shard phase on one process against ``workers`` Dask worker processes: speed-up and per-task overhead."""
+    wall_1, wall_n = one["timings"]["gradcam_s"], spread["timings"]["gradcam_s"]
+    busy = sum(shard["seconds"] for shard in spread["shards"])
+    processes = sorted({(shard["host"], shard["pid"]) for shard in spread["shards"]})
+    overhead = (wall_n * workers - busy) / max(len(spread["shards"]), 1)
+    stages_1, stages_n = one["timings"]["shard_stages_s"], spread["timings"]["shard_stages_s"]
+    print(f"\n{workers} local workers: shards {wall_n:.1f} s against {wall_1:.1f} s in one process "
+          f"({wall_1 / wall_n:.2f}x); {len(spread['shards'])} shards on {len(processes)} processes; per-task "
+          f"overhead {overhead:.2f} s (workers x wall - busy, per shard); command to report {spread['wall_s']:.1f} s")
+    print("  summed stage seconds, 1 process -> workers: " + ", ".join(
+        f"{k[:-2]} {stages_1[k]:.1f} -> {stages_n.get(k, float('nan')):.1f}" for k in stages_1))
+    return {"shards_s": round(wall_n, 1), "one_process_shards_s": round(wall_1, 1),
+            "speed_up": round(wall_1 / wall_n, 2), "processes": len(processes),
+            "per_task_overhead_s": round(overhead, 2), "wall_s": round(spread["wall_s"], 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cifar", type=Path, default=SHARED / "cifar10")
@@ -146,6 +170,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=0, help="also audit a folder of this many photos (25000)")
     parser.add_argument("--photos-small", type=int, default=2_500)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "gradcam-audit-e2e")
+    parser.add_argument("--workers", type=int, default=0, help="also the CIFAR-10 audit on this many local workers")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     figures = {}
@@ -154,6 +179,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="e2e-") as scratch:
         run = audit_command(str(args.cifar), "test", model, "none", Path(scratch) / "report", Path(scratch) / "cache")
     figures["cifar10_test"] = summary("CIFAR-10 test", run, gradcam_only(str(args.cifar), "test", model, "none", 128))
+    if args.workers:
+        with tempfile.TemporaryDirectory(prefix="e2e-") as scratch:
+            spread = audit_command(str(args.cifar), "test", model, "none", Path(scratch) / "report",
+                                   Path(scratch) / "cache", workers=args.workers)
+        figures[f"cifar10_test_{args.workers}_workers"] = scale_out(run, spread, args.workers)
 
     if args.photos:
         model = photo_model(args.work)

@@ -87,8 +87,9 @@ def main() -> None:
                  "centred_ellipse": centred_ellipse(len(images), size)}
 
     trained = models.train_reference_model(
-        images, labels, int(labels.max()) + 1, Path(tempfile.mkdtemp()), f"pets-{time.time()}",
-        models.TrainConfig(epochs=args.epochs), progress=lambda line: None)
+        images, labels, int(labels.max()) + 1, cache_dir=Path(tempfile.mkdtemp()),
+        dataset_fingerprint=f"pets-{time.time()}", config=models.TrainConfig(epochs=args.epochs),
+        progress=lambda line: None)
     explainer = GradCAM(trained.model)
     cams = np.concatenate([explainer.explain(images[i:i + 64], labels[i:i + 64]).cam_pred
                            for i in range(0, len(images), 64)])

@@ -3,7 +3,7 @@
     python benchmarks/gradcam_throughput.py [--data ../shared/datasets/cifar10]
                                             [--photos ../shared/datasets/cats_vs_dogs] [--repeats 5]
 
-For two models, the engine (probabilities, predicted-class and given-label CAMs and embeddings of every image) is
+For two models, the engine (probabilities, predicted-class and given-label CAMs of every image) is
 timed against the floor: the same model's forward pass alone, compiled with ``tf.function`` and run in the same batch
 loop (the same float32 conversion in, the same ``.numpy()`` out). Both are warmed first (tracing, and the tail batch
 of another size), then timed alternately, ``--repeats`` times; the figures are medians:
@@ -151,7 +151,7 @@ def main() -> None:
         "reference": (lambda: per_image_reference(model, layer, images[subset], labels[subset]),
                       args.reference_images)})
     print(f"(a) per-image reference: {cifar['reference']:,.0f} images/s ({args.reference_images} images)")
-    print(f"(b) engine, predicted + label CAMs + embeddings: {cifar['engine']:,.0f} images/s")
+    print(f"(b) engine, predicted + label CAMs: {cifar['engine']:,.0f} images/s")
     print(f"(c) floor, compiled forward pass in the same loop: {cifar['floor']:,.0f} images/s")
     print(f"b/a = {cifar['engine'] / cifar['reference']:.1f}x, b/c = {cifar['engine'] / cifar['floor']:.2f} "
           f"(medians of {args.repeats})")

@@ -5,11 +5,12 @@
 Runs what ``gradcam-audit validate`` runs, once per artifact (a corner mark on 'horse' in the top-left corner, a
 border frame on 'cat', a text stamp on 'truck' in the bottom-left corner, an interior patch on 'deer' at (0.5, 0.4)
 and one on 'ship' at (0.3, 0.7), each on ``--rate`` of the class's images in both splits; with ``--sweep`` also the
-deer patch at rates 0.2 and 0.1, opacity 0.5 and size 0.1), plus a control audit of the clean dataset with the same
-training settings, and prints one table: the planted class's rank among the classes, whether it is flagged, which
-clean classes are flagged, the sample-level AUROC and precision at k of stamped versus clean test images, and the
-precision and recall of the ``uses_shortcut`` sample flag for the stamped images. Reference models are cached, so
-a second run only audits. Reports go to ``--out`` (default: a temporary folder). The last line is one JSON object.
+deer patch at rates 0.2 and 0.1, opacities 0.5 and 0.25, sizes 0.1 and 0.06), plus a control audit of the clean
+dataset with the same training settings, and prints one table: the planted class's rank among the classes, whether
+it is flagged, which clean classes are flagged, the sample-level AUROC and precision at k of stamped versus clean
+test images, and the precision and recall of the ``uses_shortcut`` sample flag for the stamped images. Reference
+models are cached, so a second run only audits. Reports go to ``--out`` (default: a temporary folder). The last line
+is one JSON object.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ SWEEP = (
     {"kind": "patch", "class_name": "deer", "position": "0.5,0.4", "rate": 0.2},
     {"kind": "patch", "class_name": "deer", "position": "0.5,0.4", "rate": 0.1},
     {"kind": "patch", "class_name": "deer", "position": "0.5,0.4", "opacity": 0.5},
+    {"kind": "patch", "class_name": "deer", "position": "0.5,0.4", "opacity": 0.25},
     {"kind": "patch", "class_name": "deer", "position": "0.5,0.4", "size": 0.1},
+    {"kind": "patch", "class_name": "deer", "position": "0.5,0.4", "size": 0.06},
 )
 
 

@@ -331,7 +331,8 @@ def _print_detection(figures: dict) -> None:
     print(f"planted class {figures['planted_class']!r} ({figures['stamped_samples']} stamped audited images): "
           f"rank {figures['rank']}, {'flagged' if figures['flagged'] else 'NOT flagged'}; clean classes flagged: "
           f"{clean}")
-    print(f"sample level (focus on {figures['suspected_region']}): AUROC {figures['sample_auroc']:.3f} stamped vs "
+    print(f"sample level ({figures['sample_statistic']}, {figures['suspected_region']}): AUROC "
+          f"{figures['sample_auroc']:.3f} stamped vs "
           f"clean ({figures['sample_auroc_within_class']:.3f} within the class); precision at "
           f"{figures['stamped_samples']} {figures['precision_at_stamped']:.3f}, at 100 "
           f"{figures['precision_at_100']:.3f}; uses_shortcut flag precision {figures['uses_shortcut_precision']:.3f}"

@@ -41,9 +41,11 @@ class Thresholds:
     tail_quantile: float = 0.95  # "more focused than other classes' images": above this quantile of theirs
     min_tail_share: float = 0.25  # a sub-population: this share of the class above it (5x the 5% expected)
     min_occlusion_drop: float = 0.05  # blanking the region: class's label-probability loss minus the others'
-    # A hot spot larger than this share of the image (that of a corner square) is where varied images agree only
-    # loosely (objects at varying places), not one fixed spot (a logo)
-    max_spot_share: float = 0.0625
+    spot_share: float = 0.0625  # the hot spot rule's window: a square of this share of the image (a corner square)
+    # a hot spot: this many more of the class's images than of other classes' have their densest window there
+    min_spot_excess: float = 0.08
+    # ... and those images look alike there (mean correlation of their fine detail with the others' mean): a logo
+    min_spot_consistency: float = 0.4
     min_duplicate_correlation: float = 0.92  # near duplicate: aligned correlation of the thumbnails' details ...
     min_colour_correlation: float = 0.6  # ... and of each colour channel's 8x8 block means
 
@@ -80,7 +82,9 @@ THRESHOLD_RANGES = {
     "tail_quantile": (0.0, 1.0),
     "min_tail_share": (0.0, 1.0),
     "min_occlusion_drop": (-1.0, 1.0),
-    "max_spot_share": (0.0, 1.0),
+    "spot_share": (0.0, 1.0),
+    "min_spot_excess": (0.0, 1.0),
+    "min_spot_consistency": (-1.0, 1.0),
     "min_duplicate_correlation": (-1.0, 1.0),
     "min_colour_correlation": (-1.0, 1.0),
 }

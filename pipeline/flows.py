@@ -92,13 +92,13 @@ def find(spec: SourceSpec, model_paths: list[str], config: AuditConfig, merged: 
     """The findings, with the causal (occlusion) check of every shortcut candidate."""
     source, explainer, table = open_source(spec), runs.explainer(config, model_paths[0]), merged.table
 
-    def occlude(k: int, region) -> occlusion.OcclusionResult:
+    def occlude(k: int, region, population) -> occlusion.OcclusionResult:
         return occlusion.occlusion_check(explainer, source, table["label"].to_numpy(),
                                          table["sample_id"].to_numpy(), k, region, size=image_size,
-                                         seed=config.seed)
+                                         seed=config.seed, population=population)
 
     return findings.build_tables(table, merged.probs, merged.cams, source.class_names, image_size, thresholds,
-                                 occlusion=occlude)
+                                 occlusion=occlude, thumbnails=merged.thumbnails)
 
 
 @task(cache_policy=NO_CACHE)

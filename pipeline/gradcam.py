@@ -55,7 +55,6 @@ class CamBatch:
     pred: np.ndarray  # (B,) predicted class
     cam_pred: np.ndarray  # (B, h, w) CAM of the predicted class
     cam_label: np.ndarray  # (B, h, w) CAM of the given label (equal to cam_pred where pred == label)
-    embedding: np.ndarray  # (B, D) penultimate-layer activations (the input of the last Dense layer)
 
 
 def spatial_layers(model: keras.Model) -> list[str]:
@@ -195,10 +194,7 @@ class GradCAM:
         self.model = model
         self.layer = find_target_layer(model, layer)
         self._head = _ScoreHead(model)
-        # The embedding returned with every batch is the penultimate layer: the input of the last Dense layer.
-        dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
-        embedding = dense[-1].input if dense else None
-        features_model = keras.Model(model.inputs[0], [self._head.features] + ([embedding] if dense else []))
+        features_model = keras.Model(model.inputs[0], [self._head.features])
         inputs = keras.Input(shape=model.inputs[0].shape[1:], dtype=model.inputs[0].dtype)
         acts, outputs = _expose(features_model, self.layer, inputs)
         self._model = keras.Model(inputs, [acts, *outputs])
@@ -214,16 +210,14 @@ class GradCAM:
             return int(height), int(width)
         return tuple(natural) if natural else (224, 224)
 
-    def _forward(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """(target activations, pre-activation features, embedding) of a batch; without a Dense layer the
-        embedding is the target activations averaged over the positions."""
-        acts, features, *embedding = self._model(self._preprocess(images), training=False)
-        embedding = embedding[0] if embedding else tf.reduce_mean(acts, axis=(1, 2))
-        return acts, features, tf.reshape(embedding, (tf.shape(images)[0], -1))
+    def _forward(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """(target activations, pre-activation features) of a batch."""
+        acts, features = self._model(self._preprocess(images), training=False)
+        return acts, features
 
     def _explain(self, images: tf.Tensor, labels: tf.Tensor):
         with tf.GradientTape(persistent=True) as tape:
-            acts, features, embedding = self._forward(images)
+            acts, features = self._forward(images)
             scores, probs = self._head(features)
             pred = tf.argmax(scores, axis=-1, output_type=tf.int32)
             # Samples are independent, so the gradient of the batch sum is each sample's own gradient.
@@ -234,11 +228,10 @@ class GradCAM:
         del tape
         cam_pred = tf.nn.relu(tf.reduce_sum(self._weights(acts, grads_pred) * acts, axis=-1))
         cam_label = tf.nn.relu(tf.reduce_sum(self._weights(acts, grads_label) * acts, axis=-1))
-        return probs, pred, cam_pred, cam_label, embedding
+        return probs, pred, cam_pred, cam_label
 
     def explain(self, images: np.ndarray, labels: np.ndarray) -> CamBatch:
-        """Probabilities, predictions, CAMs and embeddings of a batch of images (B, H, W, C) with their given labels
-        (B,)."""
+        """Probabilities, predictions and CAMs of a batch of images (B, H, W, C) with their given labels (B,)."""
         outputs = self._compiled(
             tf.convert_to_tensor(images, dtype=tf.float32), tf.convert_to_tensor(labels, dtype=tf.int32)
         )

@@ -12,7 +12,6 @@ means all the mass sits inside it.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import entr
 from skimage.measure import label as label_regions
 
 #: Width of the border band as a fraction of the shorter side (4 px on a 32 px image).
@@ -32,12 +31,14 @@ def to_mass(cams: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mass : float32 (N, H, W); rows whose sum is zero or not finite are NaN.
     valid : bool (N,); False for those rows.
     """
-    cams = np.asarray(cams, dtype=np.float64)
-    total = cams.sum(axis=(1, 2))
-    valid = np.isfinite(total) & (total > 0) & np.isfinite(cams).all(axis=(1, 2))
-    safe_total = np.where(valid, total, 1.0)[:, None, None]
-    mass = np.where(valid[:, None, None], np.clip(cams, 0, None) / safe_total, np.nan)
-    return mass.astype(np.float32), valid
+    cams = np.asarray(cams)
+    if cams.dtype != np.float32:
+        cams = cams.astype(np.float64)
+    # A NaN or infinite value anywhere makes the float64 total non-finite, so one test covers every value.
+    total = cams.sum(axis=(1, 2), dtype=np.float64)
+    valid = np.isfinite(total) & (total > 0)
+    scale = np.where(valid, 1.0 / np.where(valid, total, 1.0), np.nan).astype(cams.dtype)
+    return (np.clip(cams, 0, None) * scale[:, None, None]).astype(np.float32, copy=False), valid
 
 
 def _interpolation_matrix(source: int, target: int) -> np.ndarray:
@@ -92,7 +93,7 @@ def region_focus(mass: np.ndarray, region: np.ndarray) -> np.ndarray:
     ``focus = sum(mass[region]) / (|region| / (H * W))``; range [0, H * W / |region|], 1 = no preference.
     """
     share = region.mean()
-    return mass[:, region].sum(axis=1) / share
+    return mass.reshape(len(mass), -1) @ region.ravel().astype(mass.dtype) / share
 
 
 def focus_on_regions(cams: np.ndarray, regions: np.ndarray) -> np.ndarray:
@@ -132,6 +133,36 @@ def hot_spot(heat: np.ndarray, level: float = HOT_SPOT_LEVEL) -> np.ndarray:
     return regions == regions.flat[int(np.argmax(heat))]
 
 
+#: Side of the grid on which :func:`window_masses` slides its windows: 16 cells, 2 px of a 32 px image.
+WINDOW_GRID = 16
+
+
+def window_side(share: float, grid: int = WINDOW_GRID) -> int:
+    """Side, in cells of the ``grid``, of a square window covering about ``share`` of the image (at least a cell)."""
+    return int(np.clip(round(grid * np.sqrt(share)), 1, grid))
+
+
+def window_masses(mass: np.ndarray, side: int, grid: int = WINDOW_GRID) -> np.ndarray:
+    """The mass of each map (N, h, w) inside every ``side`` x ``side`` window of a ``grid`` x ``grid`` resampling of
+    it, at stride one cell: (N, P, P) with ``P = grid - side + 1``. Maps are resampled by :func:`upsample` (areas,
+    not pixels: a window of side ``s`` covers ``(s / grid)^2`` of the image whatever its size) and renormalised; a
+    NaN map gives NaN."""
+    up = upsample(np.nan_to_num(mass), (grid, grid)).astype(np.float64)
+    total = up.sum(axis=(1, 2), keepdims=True)
+    up = np.where(total > 0, up / np.where(total > 0, total, 1.0), np.nan)
+    c = np.pad(up.cumsum(axis=1).cumsum(axis=2), ((0, 0), (1, 0), (1, 0)))
+    return c[:, side:, side:] - c[:, :-side, side:] - c[:, side:, :-side] + c[:, :-side, :-side]
+
+
+def window_region(row: int, col: int, side: int, size: tuple[int, int], grid: int = WINDOW_GRID) -> np.ndarray:
+    """The window at (``row``, ``col``) of :func:`window_masses` as a boolean (H, W) mask at ``size``: the pixels
+    whose centres fall inside it."""
+    h, w = size
+    rows = (np.arange(h) + 0.5) * grid / h
+    cols = (np.arange(w) + 0.5) * grid / w
+    return ((rows >= row) & (rows < row + side))[:, None] & ((cols >= col) & (cols < col + side))[None, :]
+
+
 def border_focus(mass: np.ndarray, fraction: float = BORDER_FRACTION) -> np.ndarray:
     """Border focus: heatmap mass in the outer band over the band's area share (see :func:`region_focus`).
 
@@ -146,7 +177,8 @@ def corner_focus_each(mass: np.ndarray, fraction: float = CORNER_FRACTION) -> np
     ``focus_c = sum(mass[corner_c]) / share_c``; range [0, 1 / fraction**2] (16 by default).
     """
     regions = corner_regions(*mass.shape[1:], fraction)
-    return np.einsum("nhw,chw->nc", mass, regions.astype(mass.dtype)) / regions.mean(axis=(1, 2))
+    inside = mass.reshape(len(mass), -1) @ regions.reshape(len(regions), -1).T.astype(mass.dtype)
+    return inside / regions.mean(axis=(1, 2))
 
 
 def corner_focus(mass: np.ndarray, fraction: float = CORNER_FRACTION) -> tuple[np.ndarray, np.ndarray]:
@@ -171,7 +203,7 @@ def peak(mass: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Peak location (row, column) of each map: the pixel of largest mass (the first in row-major order on ties),
     as fractions of the height and width at pixel centres; range (0, 1), NaN for an invalid map."""
     n, h, w = mass.shape
-    flat = np.where(np.isnan(mass), -np.inf, mass).reshape(n, -1).argmax(axis=1)
+    flat = mass.reshape(n, -1).argmax(axis=1)  # stops at a NaN, but a map with one is invalid anyway
     valid = np.isfinite(mass).all(axis=(1, 2))
     rows, cols = np.divmod(flat, w)
     return np.where(valid, (rows + 0.5) / h, np.nan), np.where(valid, (cols + 0.5) / w, np.nan)
@@ -185,13 +217,21 @@ def background_attention(mass: np.ndarray, foreground: np.ndarray) -> np.ndarray
     return (mass * ~np.asarray(foreground, dtype=bool)).sum(axis=(1, 2))
 
 
+def background_focus(mass: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """Focus ratio on the background: :func:`background_attention` over the background's share of the image, so 1.0
+    means no preference, as for the other regions; NaN for an image without background (all object)."""
+    share = (~np.asarray(foreground, dtype=bool)).mean(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(share > 0, background_attention(mass, foreground) / share, np.nan)
+
+
 def concentration(mass: np.ndarray) -> np.ndarray:
     """Concentration: one minus the normalised Shannon entropy of the map.
 
     ``1 - H(mass) / log(H * W)`` with ``H(p) = -sum p log p``; range [0, 1]: 0 for a uniform map, 1 for all the
     mass on one pixel.
     """
-    entropy = entr(mass).sum(axis=(1, 2))
+    entropy = -(mass * np.log(np.where(mass > 0, mass, 1.0))).sum(axis=(1, 2))  # 0 log 0 = 0
     return 1.0 - entropy / np.log(mass.shape[1] * mass.shape[2])
 
 
@@ -215,6 +255,7 @@ def summarise(mass: np.ndarray, foreground: np.ndarray) -> dict[str, np.ndarray]
         "focus_corner": np.where(np.isnan(corner), "", np.asarray(CORNERS)[which]),
         **{"corner_focus_" + name.replace("-", "_"): each[:, c] for c, name in enumerate(CORNERS)},
         "background_attention": background_attention(mass, foreground),
+        "background_focus": background_focus(mass, foreground),
         "concentration": concentration(mass),
         "com_row": com_row,
         "com_col": com_col,

@@ -90,16 +90,18 @@ def foreground_masks(source: Source, sample_ids: np.ndarray, images: np.ndarray)
 
 def occlusion_check(explainer: GradCAM, source: Source, labels: np.ndarray, sample_ids: np.ndarray, k: int,
                     region: np.ndarray | None, *, size: tuple[int, int] | None = None, max_samples: int = 300,
-                    batch_size: int = 128, seed: int = 0) -> OcclusionResult:
+                    batch_size: int = 128, seed: int = 0, population: np.ndarray | None = None) -> OcclusionResult:
     """Accuracy of class ``k`` and of the other classes with and without ``region`` blanked (at the model's size).
 
     ``region`` is a boolean (H, W) mask at the model's input size, filled with each image's surrounding colour; or
     None, the background: each image's outside of its object mask (:func:`foreground_masks`), filled with grey, at
     ``size`` (the model's input size; needed only then). Up to ``max_samples`` samples of the class and as many of
-    the other classes, drawn with ``seed``.
+    the other classes, drawn with ``seed`` from ``population`` (bool per sample; None: every sample), e.g. the
+    images of a sub-population and other classes' images as focused on the region.
     """
     rng = np.random.default_rng(seed)
-    mine, others = np.flatnonzero(labels == k), np.flatnonzero(labels != k)
+    pool = np.ones(len(labels), dtype=bool) if population is None else np.asarray(population, dtype=bool)
+    mine, others = np.flatnonzero(pool & (labels == k)), np.flatnonzero(pool & (labels != k))
     n = min(max_samples, len(mine), len(others))
     chosen = np.concatenate([rng.choice(mine, n, replace=False), rng.choice(others, n, replace=False)])
     if region is not None:

@@ -162,6 +162,7 @@ DISTRIBUTIONS = {
     "border_focus": "border focus (1 = no preference)",
     "corner_focus": "corner focus (1 = no preference)",
     "background_attention": "background attention (mass off the object)",
+    "background_focus": "background focus (1 = no preference)",
     "concentration": "concentration (1 - normalised entropy)",
 }
 #: Flags that make a sample a finding, for the comparison with the previous run.

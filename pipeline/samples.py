@@ -18,7 +18,7 @@ from .heatmaps import upsample
 from .models import cross_fit_folds
 
 #: Bump when the columns or arrays of a shard result change: persisted shard results of older versions are not reused.
-TABLE_VERSION = 6
+TABLE_VERSION = 7
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,6 @@ def scan(source: Source, explainers: list[GradCAM], start: int, stop: int, batch
         out = _explain(explainers, batch.images, batch.labels, folds)
         stages["gradcam_s"] += clock.lap()
         mass, valid = heatmaps.to_mass(upsample(out.cam_pred, size))
-        label_mass, label_valid = heatmaps.to_mass(upsample(out.cam_label, size))
         mask_kind = np.full(len(batch.labels), "none", dtype=object) if batch.mask_kind is None \
             else batch.mask_kind.astype(object)
         foreground = np.zeros((len(batch.labels), *size), dtype=bool) if batch.foreground is None \
@@ -98,7 +97,7 @@ def scan(source: Source, explainers: list[GradCAM], start: int, stop: int, batch
             mask_kind[missing] = "estimated"
         stages["foreground_s"] += clock.lap()
         stats = heatmaps.summarise(mass, foreground)
-        label_stats = heatmaps.summarise(label_mass, foreground)
+        label_stats, label_valid = _label_statistics(stats, valid, out, batch.labels, foreground, size)
         rows = np.arange(len(batch.labels))
         table = pd.DataFrame(
             {
@@ -108,8 +107,7 @@ def scan(source: Source, explainers: list[GradCAM], start: int, stop: int, batch
                 "confidence": out.probs[rows, out.pred],
                 "label_prob": out.probs[rows, batch.labels],
                 **stats,
-                **{f"label_{name}": label_stats[name] for name in
-                   ("border_focus", "corner_focus", "background_attention", "concentration")},
+                **{f"label_{name}": values for name, values in label_stats.items()},
                 "cam_valid": valid,
                 "label_cam_valid": label_valid,
                 "mask_kind": mask_kind,
@@ -129,6 +127,25 @@ def scan(source: Source, explainers: list[GradCAM], start: int, stop: int, batch
                            np.zeros((0, 1, 1), np.float32), skipped, np.zeros(0, dtype=object), _no_thumbnails())
     return ShardResult(pd.concat(tables, ignore_index=True), np.concatenate(probs), np.concatenate(cams), skipped,
                        np.concatenate(digests), np.concatenate(thumbs), stages=stages)
+
+
+#: The statistics also kept for the given label's CAM (``label_<name>`` columns).
+LABEL_STATISTICS = ("border_focus", "corner_focus", "background_attention", "concentration")
+
+
+def _label_statistics(stats: dict, valid: np.ndarray, out: CamBatch, labels: np.ndarray, foreground: np.ndarray,
+                      size: tuple[int, int]) -> tuple[dict, np.ndarray]:
+    """:data:`LABEL_STATISTICS` of the given label's CAMs, and which are valid. Where the model predicts the given
+    label the two CAMs are the same map (:class:`pipeline.gradcam.CamBatch`), so only the other rows are computed."""
+    columns = {name: np.array(stats[name], copy=True) for name in LABEL_STATISTICS}
+    label_valid = valid.copy()
+    differ = np.flatnonzero(out.pred != labels)
+    if len(differ):
+        mass, label_valid[differ] = heatmaps.to_mass(upsample(out.cam_label[differ], size))
+        other = heatmaps.summarise(mass, foreground[differ])
+        for name in LABEL_STATISTICS:
+            columns[name][differ] = other[name]
+    return columns, label_valid
 
 
 def _no_thumbnails() -> np.ndarray:

@@ -6,8 +6,9 @@ Given the audit's tables and which samples carry the planted artifact, it answer
   first, then by shortcut score)? Is it flagged, and is any clean class flagged too?
 - *Sample level*: does the audit's own per-sample score separate the stamped images from the clean ones? The score
   is each sample's value of the planted class's shortcut statistic (its focus on the border band, on the corner
-  the class's heatmaps favour or on the class's hot spot, or its background attention:
-  :func:`pipeline.findings.shortcut_values`), so it uses what the audit found, not where the artifact really is.
+  the class's heatmaps favour or on its background, or its peak margin on the class's hot spot:
+  :func:`pipeline.findings.shortcut_values`; named in ``sample_statistic``), so it uses what the audit found, not
+  where the artifact really is.
   Figures: AUROC of stamped versus all clean images, and precision at k, the share of stamped images among the k
   highest scores (k = the number of stamped images, and k = 100).
 - The ``uses_shortcut`` sample flag: its precision and recall for the stamped images.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .findings import auroc, ranked_classes, shortcut_values
+from .findings import STATISTIC_WORDS, auroc, ranked_classes, shortcut_values
 
 
 def precision_at(scores: np.ndarray, positive: np.ndarray, k: int) -> float:
@@ -47,6 +48,7 @@ def detection_figures(samples: pd.DataFrame, classes: pd.DataFrame, planted_clas
         "flagged": planted_class in flagged,
         "clean_classes_flagged": [name for name in flagged if name != planted_class],
         "suspected_region": region_name,
+        "sample_statistic": STATISTIC_WORDS[classes.loc[classes["class"] == k, "shortcut_statistic"].iloc[0]],
         "sample_auroc": auroc(score[stamped], score[~stamped]),
         "sample_auroc_within_class": auroc(score[stamped & mine], score[~stamped & mine]),
         "precision_at_stamped": precision_at(score, stamped, int(stamped.sum())),

@@ -99,6 +99,25 @@ def test_validate_and_the_demo_plant_a_patch_and_a_background(tmp_path, argv):
     assert (samples.loc[samples["planted"], "label_name"] == figures["planted_class"]).all()
 
 
+@pytest.mark.slow
+def test_validate_finds_an_interior_patch_by_its_hot_spot_and_flags_no_clean_class(tmp_path):
+    """The hot spot rule end to end: a logo near the centre of half the circles, where every class's objects are,
+    is found from where the circles' heatmaps peak, confirmed by blanking it, and no other class is flagged."""
+    result = subprocess.run([sys.executable, "-m", "pipeline", "validate", "demo", "--artifact", "patch", "--position",
+                             "0.5,0.4", "--class", "circle", "--train-size", "1500", "--test-size", "500", "--epochs",
+                             "6", "--out", str(tmp_path / "report")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads((tmp_path / "report" / "audit.json").read_text())["validation"]
+    assert figures["rank"] == 1 and figures["flagged"] and figures["clean_classes_flagged"] == []
+    assert figures["sample_statistic"] == "peak margin on the spot" and figures["sample_auroc"] > 0.95
+    classes = pd.read_csv(tmp_path / "report" / "classes.csv").set_index("class_name")
+    circle = classes.loc["circle"]
+    assert circle["region_kind"] == "spot" and circle["status"] == "confirmed"
+    assert circle["spot_margin_consistency"] > 0.5  # the stamped images look alike there
+    assert "a spot at the centre covering 6% of the image" in circle["evidence"]
+
+
 def test_bad_numbers_are_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["demo", "--batch-size", "0"])

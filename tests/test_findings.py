@@ -26,7 +26,18 @@ def make_table(n: int = 100, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
         "background_attention": rng.uniform(0, 0.3, len(labels)), "concentration": rng.uniform(0, 1, len(labels)),
         "cam_valid": True, "mask_kind": "estimated",
     })
+    samples["background_focus"] = samples["background_attention"] / BACKGROUND_SHARE
     return samples, probs
+
+
+#: The share of every image of :func:`make_table` outside its object.
+BACKGROUND_SHARE = 0.6
+
+
+def add_background_attention(samples: pd.DataFrame, rows, mass: float) -> None:
+    """``mass`` more heatmap on the background of ``rows`` (a mask or labels), its focus following."""
+    samples.loc[rows, "background_attention"] = np.clip(samples.loc[rows, "background_attention"] + mass, 0, 1)
+    samples.loc[rows, "background_focus"] = samples.loc[rows, "background_attention"] / BACKGROUND_SHARE
 
 
 def table_with_border_class(k: int | None, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
@@ -47,9 +58,10 @@ def table_with_corner_subpopulation(k: int, share: float = 0.3) -> tuple[pd.Data
     return samples, probs
 
 
-def build(samples, probs, occlusion=None, cams=None):
+def build(samples, probs, occlusion=None, cams=None, thumbnails=None):
     cams = np.ones((len(samples), 4, 4), dtype=np.float32) if cams is None else cams
-    return findings.build_tables(samples, probs, cams, CLASSES, (32, 32), findings.Thresholds(), occlusion=occlusion)
+    return findings.build_tables(samples, probs, cams, CLASSES, (32, 32), findings.Thresholds(), occlusion=occlusion,
+                                 thumbnails=thumbnails)
 
 
 def occlusion_result(class_drop: float, others_drop: float = 0.0) -> OcclusionResult:
@@ -87,8 +99,8 @@ def test_a_sub_population_using_one_corner_makes_its_class_a_candidate_although_
 
 
 def test_the_causal_check_confirms_a_candidate_only_when_blanking_costs_the_class_more_than_the_others():
-    confirmed = build(*table_with_border_class(2), occlusion=lambda k, region: occlusion_result(0.4, 0.02))
-    refuted = build(*table_with_border_class(2), occlusion=lambda k, region: occlusion_result(0.03, 0.01))
+    confirmed = build(*table_with_border_class(2), occlusion=lambda k, region, population: occlusion_result(0.4, 0.02))
+    refuted = build(*table_with_border_class(2), occlusion=lambda k, region, population: occlusion_result(0.03, 0.01))
     row = confirmed.classes.loc[2]
     assert row["flagged"] and row["occlusion_excess_drop"] == pytest.approx(0.38)
     assert row["evidence"].startswith("likely shortcut:")
@@ -103,10 +115,41 @@ def test_the_causal_check_confirms_a_candidate_only_when_blanking_costs_the_clas
 
 def test_the_causal_check_blanks_the_suspected_region():
     regions = {}
-    build(*table_with_corner_subpopulation(3), occlusion=lambda k, region: regions.setdefault(k, region)
+    build(*table_with_corner_subpopulation(3), occlusion=lambda k, region, population: regions.setdefault(k, region)
           is not None and occlusion_result(0.3))
     assert list(regions) == [3]
     assert (regions[3] == heatmaps.corner_regions(32, 32)[0]).all()
+
+
+def test_the_causal_check_of_a_sub_population_compares_it_with_other_classes_images_as_focused_there():
+    populations = {}
+
+    def occlusion(k, region, population):
+        populations[k] = population
+        return occlusion_result(0.3)
+
+    # A whole class drawn to its border: the whole class against the other classes.
+    tables = build(*table_with_border_class(2), occlusion=occlusion)
+    assert populations[2] is None and tables.classes.loc[2, "occlusion_population"] == "whole class"
+    assert "changes 'c' accuracy" in tables.classes.loc[2, "evidence"]
+    # 30% of a class in a corner, in a table large enough: that tail, and the other classes' images beyond the
+    # same cut-off (their 95% quantile), nothing else.
+    samples, probs = make_table(n=1200)
+    rows = np.flatnonzero(samples["label"] == 3)[:360]
+    samples.loc[rows, ["corner_focus_top_left", "corner_focus"]] = 6.0
+    tables = build(samples, probs, occlusion=occlusion)
+    population = populations[3]
+    labels = samples["label"].to_numpy()
+    values = samples["corner_focus_top_left"].to_numpy()
+    cutoff = np.quantile(values[labels != 3], 0.95)
+    assert (population == (values > cutoff)).all() and population[rows].all()
+    assert 150 <= (population & (labels != 3)).sum() <= 190  # 5% of the 3,600 others
+    assert tables.classes.loc[3, "occlusion_population"] == "tail"
+    assert "changes those images' accuracy" in tables.classes.loc[3, "evidence"]
+    assert "(other classes' images as focused there: " in tables.classes.loc[3, "evidence"]
+    # Too few of them (the 400-sample table: 15 other images beyond the cut-off): the whole class again.
+    build(*table_with_corner_subpopulation(3), occlusion=occlusion)
+    assert populations[3] is None
 
 
 def test_samples_of_a_flagged_class_above_the_other_classes_quantile_are_marked_as_using_the_shortcut():
@@ -229,17 +272,22 @@ def test_a_class_whose_heatmaps_carry_an_interior_spot_is_flagged_for_that_spot_
     classes = tables.classes.set_index("class_name")
     assert classes["flagged"].tolist() == [False, False, True, False]
     row = classes.loc["c"]
-    assert row["shortcut_statistic"] == "spot_focus" and row["region_kind"] == "spot"
-    assert row["spot_focus_tail_share"] == pytest.approx(0.4, abs=0.05)
-    assert row["region"].startswith("a spot left of centre covering ")
-    assert f"more focused on {row['region']} than 95% of other classes' images" in row["evidence"]
+    assert row["shortcut_statistic"] == "spot_margin" and row["region_kind"] == "spot"
+    # The 40 images with the spot peak there, the other 60 of the class and the other classes' images at the centre.
+    assert row["spot_margin_peak_share"] == pytest.approx(0.4) and row["spot_margin_others_share"] == 0.0
+    assert row["spot_margin_z"] > findings.SPOT_MIN_Z and row["spot_margin_tail_share"] == pytest.approx(0.4, abs=0.06)
+    assert row["region"] == "a spot left of centre covering 6% of the image"
+    assert (f"40% of 'c' images have the densest part of their heatmap on {row['region']}, against 0% of other "
+            "classes' images") in row["evidence"]
     region = tables.regions[2]
     assert region[16, 3] and not region[16, 16] and not region[2, 3] and region.mean() == row["region_share"]
-    # Every sample's focus on the spot is a column of the samples table, for this class's spot only.
-    assert row["region_column"] == "spot_focus_2"
-    assert [c for c in tables.samples if c.startswith("spot_focus_")] == ["spot_focus_2"]
-    uses = tables.samples["flags"].str.contains("uses_shortcut").to_numpy()
+    # Every sample's peak margin on the spot is a column of the samples table, for this class's spot only.
+    assert row["region_column"] == "spot_margin_2"
+    assert [c for c in tables.samples if c.startswith("spot_margin_")] == ["spot_margin_2"]
+    margin = tables.samples["spot_margin_2"].to_numpy()
     mine = tables.samples["label"].to_numpy() == 2
+    assert (margin[mine][:40] > 0).all() and (margin[mine][40:] < 0).all() and (margin[~mine] < 0).all()
+    uses = tables.samples["flags"].str.contains("uses_shortcut").to_numpy()
     assert uses[mine][:40].all() and uses[mine][40:].sum() <= 6 and not uses[~mine].any()
 
 
@@ -248,24 +296,30 @@ def test_heatmaps_alike_in_every_class_have_no_spot_signal():
     cams = cams_with_interior_spot(samples, 2, share=0.0)
     tables = build(samples, probs, cams=cams)
     assert not tables.classes["candidate"].any()
-    assert (tables.classes["spot_focus_tail_share"].dropna() < findings.Thresholds().min_tail_share).all()
+    excess = tables.classes["spot_margin_peak_share"] - tables.classes["spot_margin_others_share"]
+    assert (excess < findings.Thresholds().min_spot_excess).all()
 
 
-def test_a_diffuse_excess_is_no_spot():
+def test_a_class_looking_at_a_broad_area_has_its_peaks_scattered_there_and_no_spot():
     samples, _ = make_table()
-    cams = np.full((len(samples), 8, 8), 0.1, dtype=np.float32)
-    cams[samples["label"].to_numpy() == 1, :, :6] += 1.0  # class 1 looks at three quarters of the image
-    spots = findings.class_hot_spots(cams, samples["label"].to_numpy(), 4, (32, 32))
-    assert not spots[1].any()
-    assert not findings.class_hot_spots(cams, samples["label"].to_numpy(), 4, (32, 32),
-                                        findings.Thresholds(max_spot_share=1.0))[1].all()
+    labels = samples["label"].to_numpy()
+    cams = cams_with_interior_spot(samples, 2, share=0.0)
+    cams[labels == 1, :, :6] += 1.0  # class 1 looks at three quarters of the image, each image a little elsewhere
+    spots = findings.class_hot_spots(cams, labels, 4, (32, 32))
+    assert spots.peak_share[1] - spots.others_share[1] < findings.Thresholds().min_spot_excess
+    assert not spots.passes().any()
+    # The same class with a spot on 30% of its images: found, at the spot, and only for that class.
+    cams[np.flatnonzero(labels == 1)[:30], 5:7, 6:8] += 3.0
+    spots = findings.class_hot_spots(cams, labels, 4, (32, 32))
+    assert spots.passes().tolist() == [False, True, False, False]
+    assert spots.masks[1][22, 27] and spots.masks[1].mean() == 0.0625
 
 
 def test_the_causal_check_of_a_spot_blanks_the_spot():
     samples, probs = make_table()
     regions = {}
 
-    def occlusion(k, region):
+    def occlusion(k, region, population):
         regions[k] = region
         return occlusion_result(0.3)
 
@@ -282,21 +336,24 @@ def test_the_causal_check_of_a_spot_blanks_the_spot():
 def test_a_class_with_high_background_attention_is_flagged_for_the_background_naming_its_masks(mask_kind, words):
     samples, probs = make_table()
     samples["mask_kind"] = np.resize(mask_kind, len(samples))
-    samples.loc[samples["label"] == 1, "background_attention"] += 0.5
+    add_background_attention(samples, samples["label"] == 1, 0.5)
     regions = {}
 
-    def occlusion(k, region):
+    def occlusion(k, region, population):
         regions[k] = region
         return occlusion_result(0.3)
 
     tables = build(samples, probs, occlusion=occlusion)
     row = tables.classes.loc[1]
     assert tables.classes["flagged"].tolist() == [False, True, False, False]
-    assert row["shortcut_statistic"] == "background_attention" and row["region"] == words
-    assert row["background_attention_auroc"] == 1.0 and row["background_attention_ratio"] > 3
+    assert row["shortcut_statistic"] == "background_focus" and row["region"] == words
+    assert row["background_focus_auroc"] == 1.0 and row["background_focus_ratio"] > 3
     assert regions == {1: None} and 1 not in tables.regions  # each image's own background, no fixed region
-    assert row["evidence"].startswith(f"likely shortcut: 100% of 'b' images put more of their heatmap on {words} "
+    assert row["evidence"].startswith(f"likely shortcut: 100% of 'b' images are more focused on {words} "
                                       "than 95% of other classes' images")
+    # The mass those images put on their background is the attention (the focus times each image's share).
+    assert row["tail_mass"] == pytest.approx(tables.samples.loc[tables.samples["label"] == 1,
+                                                                "background_attention"].mean())
     assert f"filling {words} with grey changes 'b' accuracy" in row["evidence"]
     assert tables.samples.loc[tables.samples["label"] == 1, "flags"].str.contains("uses_shortcut").all()
 
@@ -304,18 +361,25 @@ def test_a_class_with_high_background_attention_is_flagged_for_the_background_na
 def test_a_sub_population_attending_to_the_background_makes_its_class_a_candidate():
     samples, probs = make_table()
     rows = np.flatnonzero(samples["label"] == 3)[:30]
-    samples.loc[rows, "background_attention"] = 0.9
+    add_background_attention(samples, rows, 0.9)
     row = build(samples, probs).classes.loc[3]
-    assert row["candidate"] and row["shortcut_statistic"] == "background_attention"
-    assert row["background_attention_auroc"] < findings.Thresholds().min_auroc
+    assert row["candidate"] and row["shortcut_statistic"] == "background_focus"
+    assert row["background_focus_auroc"] < findings.Thresholds().min_auroc
     assert row["shortcut_score"] == pytest.approx(0.3, abs=0.05)  # the 30, and a few clean ones by chance
 
 
-def test_a_fixed_region_that_passes_is_preferred_to_the_background():
+def test_a_fixed_region_that_passes_is_preferred_to_an_estimated_background_but_not_to_a_true_one():
     samples, probs = table_with_border_class(2)
-    samples.loc[samples["label"] == 2, "background_attention"] += 0.5
+    add_background_attention(samples, samples["label"] == 2, 0.5)
     row = build(samples, probs).classes.loc[2]
-    assert row["background_attention_tail_share"] == 1.0 and row["shortcut_statistic"] == "border_focus"
+    assert row["background_focus_tail_share"] == 1.0 and row["shortcut_statistic"] == "border_focus"
+    # With true masks, the background is no guess: it competes on its tail share, and here it is the larger.
+    samples, probs = make_table()
+    samples.loc[np.flatnonzero(samples["label"] == 2)[:40], "border_focus"] = 3.0
+    add_background_attention(samples, samples["label"] == 2, 0.5)
+    assert build(samples, probs).classes.loc[2, "shortcut_statistic"] == "border_focus"
+    samples["mask_kind"] = "true"
+    assert build(samples, probs).classes.loc[2, "shortcut_statistic"] == "background_focus"
 
 
 @pytest.mark.parametrize(("rows", "cols", "words"), [
@@ -330,3 +394,45 @@ def test_a_region_is_described_in_words_by_its_shape_place_and_size(rows, cols, 
     region = np.zeros((32, 32), dtype=bool)
     region[rows, cols] = True
     assert findings.describe_region(region) == words
+
+
+def varied_thumbnails(n: int, seed: int = 0) -> np.ndarray:
+    """Photo-like 32x32 thumbnails, each different: smooth random shading plus fine random texture."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    shading = gaussian_filter(rng.uniform(0, 255, (n, 32, 32, 3)), sigma=(0, 4, 4, 0)) * 4 - 384
+    texture = rng.normal(0, 20, (n, 32, 32, 3))
+    return np.clip(128 + shading + texture, 0, 255).astype(np.uint8)
+
+
+def test_images_carrying_one_printed_mark_look_alike_there_and_varied_images_do_not():
+    from pipeline.artifacts import Artifact
+
+    images = varied_thumbnails(60)
+    region = np.zeros((32, 32), dtype=bool)
+    region[12:20, 4:12] = True
+    assert abs(findings.spot_consistency(images, region)) < 0.15
+    for opacity in (1.0, 0.5):
+        stamped = Artifact("patch", "x", position="0.25,0.5", size=0.15, opacity=opacity).apply(images)
+        assert findings.spot_consistency(stamped, region) > 0.8
+    assert np.isnan(findings.spot_consistency(images[:1], region))
+
+
+def test_a_class_peaking_in_one_place_is_no_hot_spot_when_its_images_look_different_there():
+    from pipeline.artifacts import Artifact
+
+    samples, probs = make_table()
+    cams = cams_with_interior_spot(samples, 2)
+    thumbnails = varied_thumbnails(len(samples))
+    # The class's images peak left of centre (where the spot of cams_with_interior_spot is), but show different things
+    # there, as the parts of varied objects would: no hot spot, whatever the heatmaps say.
+    plain = build(samples, probs, cams=cams, thumbnails=thumbnails).classes.loc[2]
+    assert plain["spot_margin_peak_share"] == pytest.approx(0.4) and plain["spot_margin_consistency"] < 0.15
+    assert not plain["candidate"] and "but they do not look alike there" in plain["evidence"]
+    # With a mark printed there on those 40 images, it is one, and the evidence says they look alike.
+    rows = np.flatnonzero(samples["label"] == 2)[:40]
+    thumbnails[rows] = Artifact("patch", "c", position="0.125,0.5", size=0.15).apply(thumbnails[rows])
+    marked = build(samples, probs, cams=cams, thumbnails=thumbnails).classes.loc[2]
+    assert marked["candidate"] and marked["shortcut_statistic"] == "spot_margin"
+    assert marked["spot_margin_consistency"] > 0.8 and "they look alike there" in marked["evidence"]

@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from scipy.sparse.csgraph import shortest_path
+from skimage.filters import threshold_otsu
 
 from pipeline import foreground, synthetic
 
@@ -27,9 +29,42 @@ def test_an_object_in_the_middle_of_a_textured_background_is_found():
 
 def test_saliency_is_high_on_the_object_and_low_on_the_border_connected_background():
     image, truth = disc_on_texture(seed=1)
-    s = foreground.saliency(image[0])
+    s = foreground.saliency(image)[0]
     assert 0.0 <= s.min() and s.max() <= 1.0
     assert s[truth[0]].mean() > 0.6 > 0.3 > s[~truth[0]].mean()
+
+
+def test_an_image_gets_the_same_saliency_alone_as_in_a_batch_padded_and_chunked_with_others():
+    # Textured discs (about 75 superpixels) among noise images (which SLIC merges into 1 to 3): different counts, so
+    # padding, and more images than one chunk.
+    images = np.concatenate([disc_on_texture(size=48, seed=seed)[0] for seed in range(foreground._CHUNK + 4)])
+    images[::3] = np.random.default_rng(0).integers(0, 256, images[::3].shape, dtype=np.uint8)
+    together = foreground.saliency(images)
+    for i in (0, 1, 5, foreground._CHUNK + 3):
+        np.testing.assert_allclose(foreground.saliency(images[i:i + 1])[0], together[i], atol=1e-9)
+
+
+def test_the_batched_floyd_warshall_finds_the_shortest_paths_of_dijkstra():
+    rng = np.random.default_rng(0)
+    weights = rng.uniform(0.5, 30.0, (5, 40, 40))
+    weights = np.minimum(weights, weights.transpose(0, 2, 1))
+    weights[rng.random(weights.shape) < 0.85] = np.inf
+    weights = np.minimum(weights, weights.transpose(0, 2, 1))
+    found = foreground._geodesic_distances(weights)
+    for graph, distances in zip(weights, found, strict=True):
+        expected = shortest_path(np.where(np.isfinite(graph), graph, 0.0), method="D", directed=False)
+        np.testing.assert_allclose(distances, expected, rtol=1e-6)
+
+
+def test_otsu_on_weighted_superpixel_values_is_skimage_otsu_on_the_pixels():
+    rng = np.random.default_rng(1)
+    values = rng.uniform(0.0, 1.0, (30, 25))
+    values[:10] = np.round(values[:10], 1)  # ties, as clipped saliency has at 0 and 1
+    weights = rng.integers(0, 40, values.shape)
+    weights[:, 0] = 1
+    found = foreground._otsu_thresholds(values, weights)
+    expected = [threshold_otsu(np.repeat(v, w)) for v, w in zip(values, weights, strict=True)]
+    np.testing.assert_allclose(found, expected, rtol=0, atol=1e-12)
 
 
 def test_a_flat_image_has_no_foreground():

@@ -57,6 +57,23 @@ def test_background_attention_is_the_mass_outside_the_mask():
     foreground[0, 1:3, 1:3] = True
     mass, _ = heatmaps.to_mass(m)
     assert heatmaps.background_attention(mass, foreground)[0] == pytest.approx(0.75)
+    # As a focus ratio: 0.75 of the mass on 12/16 of the image is no preference; an image that is all object has none.
+    everything = np.ones((1, 4, 4), dtype=bool)
+    assert heatmaps.background_focus(mass, foreground)[0] == pytest.approx(1.0)
+    assert np.isnan(heatmaps.background_focus(mass, everything)[0])
+
+
+def test_window_masses_add_up_each_window_and_the_region_of_a_window_is_where_it_lies():
+    m = np.zeros((2, 8, 8))
+    m[0, 2:4, 4:6] = 1.0  # all mass in cells covering pixels 8-15 x 16-23 of a 32 px image
+    mass, _ = heatmaps.to_mass(m)
+    windows = heatmaps.window_masses(mass, side=4, grid=16)
+    assert windows.shape == (2, 13, 13) and np.isnan(windows[1]).all()
+    row, col = np.unravel_index(np.argmax(windows[0]), windows[0].shape)
+    assert (row, col) == (4, 8) and windows[0, row, col] > 0.7  # bilinear resampling spreads a little beyond
+    region = heatmaps.window_region(row, col, 4, (32, 32))
+    assert region.sum() == 64 and region[8:16, 16:24].all()
+    assert heatmaps.window_side(0.0625) == 4 and heatmaps.window_side(0.0) == 1
 
 
 def test_statistics_of_an_empty_map_are_nan_not_errors():
@@ -164,3 +181,27 @@ def test_the_hot_spot_is_the_connected_part_around_the_peak_above_half_of_it():
     spot = heatmaps.hot_spot(heat)
     assert spot.sum() == 5 and spot[2, 3] and not spot[6, 6]
     assert not heatmaps.hot_spot(np.zeros((4, 4))).any()
+
+
+def test_label_statistics_are_computed_only_where_the_label_is_not_the_prediction_and_equal_the_full_computation():
+    from pipeline.gradcam import CamBatch
+    from pipeline.samples import LABEL_STATISTICS, _label_statistics
+
+    rng = np.random.default_rng(3)
+    cam_pred = rng.uniform(0, 1, (12, 4, 4)).astype(np.float32)
+    cam_label = rng.uniform(0, 1, (12, 4, 4)).astype(np.float32)
+    labels, pred = np.arange(12) % 3, np.arange(12) % 3
+    pred[[1, 5, 6]] = (labels[[1, 5, 6]] + 1) % 3
+    same = pred == labels
+    cam_label[same] = cam_pred[same]  # the engine's CAM of the given label is the predicted one's there
+    cam_label[6] = 0.0  # an empty CAM for the given label
+    out = CamBatch(np.full((12, 3), 1 / 3, np.float32), pred, cam_pred, cam_label)
+    foreground = rng.uniform(size=(12, 16, 16)) > 0.5
+    mass, valid = heatmaps.to_mass(heatmaps.upsample(cam_pred, (16, 16)))
+    columns, label_valid = _label_statistics(heatmaps.summarise(mass, foreground), valid, out, labels, foreground,
+                                             (16, 16))
+    full_mass, full_valid = heatmaps.to_mass(heatmaps.upsample(cam_label, (16, 16)))
+    full = heatmaps.summarise(full_mass, foreground)
+    assert (label_valid == full_valid).all() and not label_valid[6]
+    for name in LABEL_STATISTICS:
+        np.testing.assert_allclose(columns[name], full[name], rtol=1e-6, equal_nan=True)

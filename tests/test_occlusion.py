@@ -46,3 +46,22 @@ def test_the_background_check_fills_each_image_s_background_with_grey_and_measur
     # Without their striped backgrounds the circles lose nearly all of class 0's probability; the others do not.
     assert result.class_confidence_before > 0.3 and result.class_confidence_after < 0.05
     assert result.excess_confidence_drop > 0.3
+
+
+def test_the_check_draws_only_from_the_population_it_is_given():
+    source = open_source(SourceSpec(kind="synthetic", train_size=100, test_size=200))
+    seen = []
+
+    class Recorder(BlueSeer):
+        def explain(self, images, labels):
+            seen.append(np.asarray(labels))
+            return super().explain(images, labels)
+
+    population = np.zeros(len(source.labels), dtype=bool)
+    population[:60] = True  # whatever classes the first 60 samples have
+    result = occlusion.occlusion_check(Recorder(), source, source.labels, source.sample_ids, 0,
+                                       np.zeros((32, 32), dtype=bool), population=population)
+    mine, others = (source.labels[:60] == 0).sum(), (source.labels[:60] != 0).sum()
+    assert result.samples == min(mine, others) < (source.labels == 0).sum()  # not the whole class
+    # Before and after: 2 x (the class's drawn samples + as many others), all from the population.
+    assert sum(len(labels) for labels in seen) == 4 * result.samples
