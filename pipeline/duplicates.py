@@ -9,8 +9,10 @@ Two kinds of pair are reported:
   embedding is made to tell classes apart, not pictures, and pairs different images of one class. A nearest-neighbour
   index (faiss) over blurred 8x8 grey thumbnails proposes a few candidates per image; a candidate pair is near when
   the details of the central window of one image, aligned over small scales, mirrorings and shifts, correlate with
-  the other's, and their coarse colour layouts agree (:func:`find_duplicates`). Each sample has at
-  most a few partners, so the table and the work grow linearly with the data (beyond the index search).
+  the other's, and their coarse colour layouts agree (:func:`find_duplicates`). Each sample has at most a few
+  partners, so the table and the work after the search grow linearly with the data; the search itself is exact for
+  small sets and an inverted file from :data:`EXACT_SEARCH_LIMIT` images on, whose cost per query grows as the
+  square root of the indexed set.
 """
 
 from __future__ import annotations
@@ -86,6 +88,19 @@ QUERY_WARPS = (*((scale, dy, dx, False) for scale in (1.0, 1.15)
                  for dy, dx in ((0, 0), (2, 0), (-2, 0), (0, 2), (0, -2))),
                (1.0, 0, 0, True))
 MIN_DESCRIPTOR_SIMILARITY = 0.8
+#: The candidate index. An exact (flat) search compares every query with every descriptor of B: O(N_A * N_B) in
+#: all. From EXACT_SEARCH_LIMIT descriptors of B on, an inverted file is searched instead: the descriptors are
+#: grouped in IVF_LISTS_PER_ROOT * sqrt(N_B) lists around spherical k-means centres, and each query scans only the
+#: IVF_PROBES lists whose centres are closest, about 16 sqrt(N_B) descriptors: O(N_A * sqrt(N_B)). Below the limit
+#: the exact search (one matrix product, at the processor's full speed) is as fast as training and searching it.
+#: An HNSW graph was no faster on these crowded descriptors (50,000 CIFAR-10 training images, one thread: 56 us a
+#: query losing 128 of 116,000 candidates, against 50 us losing 23), took 2.4 s to build against 0.7 s, and is
+#: reproducible only when built by one thread.
+EXACT_SEARCH_LIMIT = 20_000
+#: IVF_PROBES is the search effort: on CIFAR-10 (``benchmarks/duplicates_cifar10.py``) 48 is the fewest probes that
+#: find every near pair of the exact search (32 lose 2 of 937 test/train pairs); 64 keeps a margin, for about 0.3 s
+#: more of a 10 s search there.
+IVF_LISTS_PER_ROOT, IVF_PROBES = 4, 64
 #: Standard deviations (thumbnail pixels) of the Gaussians whose difference is the detail image.
 DETAIL_SIGMAS = (1.0, 4.0)
 
@@ -125,8 +140,9 @@ def find_duplicates(
       from the two images' thumbnails (:func:`thumbnails`) in two steps:
 
       1. *Candidates*: B's blurred 8x8 grey thumbnails go into a nearest-neighbour index (faiss, inner product of
-         unit vectors); each image of A, warped by each of :data:`QUERY_WARPS`, brings its ``candidates`` nearest
-         with a cosine of at least :data:`MIN_DESCRIPTOR_SIMILARITY`.
+         unit vectors; exact below :data:`EXACT_SEARCH_LIMIT` images of B, an inverted file from there on); each
+         image of A, warped by each of :data:`QUERY_WARPS`, brings its ``candidates`` nearest with a cosine of at
+         least :data:`MIN_DESCRIPTOR_SIMILARITY`.
       2. *Aligned comparison* of the two grey *detail* images (difference of Gaussians, :data:`DETAIL_SIGMAS`: the
          structure of the picture without its smooth shading, so that a shared flat sky or sea with different small
          objects on it does not look alike): the central 24x24 window of a's, at each of :data:`SCALES` and
@@ -167,14 +183,15 @@ def find_duplicates(
     -----
     The correlations are computed in the Fourier domain: for a unit-norm, zero-mean window ``w`` and an image ``b``,
     ``r(y, x) = sum(w * b[y:y+24, x:x+24]) / sqrt(sum(b^2) - sum(b)^2 / 576)`` over the 24x24 patch at (y, x); the
-    numerator of every shift at once is one inverse FFT, the denominator comes from integral images. Cost per
-    candidate pair: 10 inverse 32x32 FFTs. Validated on CIFAR-10 against ciFAIR's hand-checked list of test images
-    with a near duplicate in the training split (``benchmarks/duplicates_cifar10.py``).
+    numerator is the inverse DFT of the product of the two spectra, evaluated at the 9 x 9 shifts only (two small
+    matrix products, :func:`_shift_dft`), the denominator comes from box sums. Cost per candidate pair: one 32x32
+    FFT and 10 such partial inverses. Validated on CIFAR-10 against ciFAIR's hand-checked list of test images with a
+    near duplicate in the training split (``benchmarks/duplicates_cifar10.py``).
 
     Examples
     --------
     >>> rng = np.random.default_rng(0)
-    >>> scene = rng.integers(0, 256, (3, 40, 40, 3), dtype=np.uint8)
+    >>> scene = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8).repeat(5, axis=1).repeat(5, axis=2)  # 5x5 blocks
     >>> images = np.stack([scene[0, 4:36, 4:36], scene[0, 6:38, 5:37], scene[1, 4:36, 4:36]])  # b: a shifted copy of a
     >>> pairs = find_duplicates(["a", "b", "c"], "train", images, pixel_digests(images))
     >>> pairs[["sample_id_a", "sample_id_b", "kind"]].values.tolist()
@@ -268,7 +285,8 @@ def _filter_matrix(sigma: float, n: int = THUMBNAIL_SIZE) -> np.ndarray:
 
 def _separable(images: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
     """``rows @ image @ columns.T`` of each image (N, H, W), as two large matrix products."""
-    out = np.matmul(images.reshape(-1, images.shape[-1]), columns.T).reshape(len(images), images.shape[1], -1)
+    out = np.matmul(images.reshape(-1, images.shape[-1]), columns.T)
+    out = out.reshape(len(images), images.shape[1], len(columns))
     return np.matmul(rows, out)
 
 
@@ -285,22 +303,21 @@ def _warp_matrix(scale: float, shift: float, n: int = THUMBNAIL_SIZE) -> np.ndar
     return matrix
 
 
-def _warped(grey: np.ndarray, scale: float, dy: float = 0.0, dx: float = 0.0, mirror: bool = False) -> np.ndarray:
-    out = _separable(grey, _warp_matrix(scale, dy), _warp_matrix(scale, dx))
-    return out[..., ::-1] if mirror else out
-
-
 def _detail(grey: np.ndarray) -> np.ndarray:
     """The difference of two Gaussian blurs (:data:`DETAIL_SIGMAS`) of grey images (N, 32, 32)."""
     fine, coarse = (_filter_matrix(sigma) for sigma in DETAIL_SIGMAS)
     return _separable(grey, fine, fine) - _separable(grey, coarse, coarse)
 
 
-def _descriptors(grey: np.ndarray) -> np.ndarray:
-    """Unit-norm, zero-mean 8x8 block means of the blurred grey thumbnails (N, 64) float32."""
-    # Blur (sigma 1) then 4x4 block means, as one (8, 32) matrix per side.
+def _descriptors(grey: np.ndarray, scale: float = 1.0, dy: float = 0.0, dx: float = 0.0,
+                 mirror: bool = False) -> np.ndarray:
+    """Unit-norm, zero-mean 8x8 block means of the blurred grey thumbnails (N, 64) float32, after a warp
+    (:func:`_warp_matrix`; ``mirror`` flips the warped image left to right)."""
+    # Warp, mirror, blur (sigma 1) and 4x4 block means are all linear: one (8, 32) matrix per side.
     pool = np.kron(np.eye(8, dtype=np.float32), np.full((1, 4), 0.25, dtype=np.float32)) @ _filter_matrix(1.0)
-    flat = _separable(grey, pool, pool).reshape(len(grey), -1)
+    columns = _warp_matrix(scale, dx)
+    flat = _separable(grey, pool @ _warp_matrix(scale, dy), pool @ (columns[::-1] if mirror else columns))
+    flat = flat.reshape(len(grey), -1)
     flat -= flat.mean(axis=1, keepdims=True)
     norms = np.linalg.norm(flat, axis=1, keepdims=True)
     return np.divide(flat, norms, out=np.zeros_like(flat), where=norms > 1e-3).astype(np.float32)
@@ -309,40 +326,86 @@ def _descriptors(grey: np.ndarray) -> np.ndarray:
 def _window_spectra(grey: np.ndarray) -> np.ndarray:
     """FFTs (N, 10, 32, 17) of each (detail) image's central window at every scale and mirroring, zero-mean and
     unit-norm (a flat window stays zero and correlates with nothing)."""
-    lo, hi = MAX_SHIFT, MAX_SHIFT + WINDOW
-    windows = np.stack([_warped(grey, scale, mirror=mirror)[:, lo:hi, lo:hi]
-                        for mirror in (False, True) for scale in SCALES], axis=1)
+    # Only the window's rows of each zoom matrix are needed; the columns of every scale come from one product.
+    crops = [_warp_matrix(scale, 0.0)[MAX_SHIFT : MAX_SHIFT + WINDOW] for scale in SCALES]
+    across = (grey.reshape(-1, THUMBNAIL_SIZE) @ np.concatenate(crops).T).reshape(len(grey), THUMBNAIL_SIZE,
+                                                                                len(SCALES), WINDOW)
+    windows = np.stack([np.matmul(rows, across[:, :, s]) for s, rows in enumerate(crops)], axis=1)
     windows -= windows.mean(axis=(2, 3), keepdims=True)
     norms = np.sqrt((windows**2).sum(axis=(2, 3), keepdims=True))
     windows = np.divide(windows, norms, out=np.zeros_like(windows), where=norms > 1e-3)
-    return scipy.fft.rfft2(windows, s=(THUMBNAIL_SIZE, THUMBNAIL_SIZE), workers=-1)
+    # Zero-padded to the thumbnail's size, then a mirrored window is the same window read right to left (the crop is
+    # centred).
+    padded = np.zeros((len(grey), 2 * len(SCALES), THUMBNAIL_SIZE, THUMBNAIL_SIZE), dtype=np.float32)
+    padded[:, : len(SCALES), :WINDOW, :WINDOW] = windows
+    padded[:, len(SCALES) :, :WINDOW, :WINDOW] = windows[..., ::-1]
+    return scipy.fft.rfft2(padded, workers=-1)
 
 
 def _window_spread(grey: np.ndarray) -> np.ndarray:
     """The norm about its mean of every 24x24 patch at the (2 * MAX_SHIFT + 1)**2 shifts of each image (N, 9, 9):
-    ``sqrt(sum(b^2) - sum(b)^2 / 576)``, from integral images."""
+    ``sqrt(sum(b^2) - sum(b)^2 / 576)``, the patch sums as one (9, 32) box matrix per side."""
     span = 2 * MAX_SHIFT + 1
-    sums = [np.pad(values, ((0, 0), (1, 0), (1, 0))).cumsum(axis=1).cumsum(axis=2) for values in (grey, grey**2)]
-    s1, s2 = (c[:, WINDOW:, WINDOW:] - c[:, :span, WINDOW:] - c[:, WINDOW:, :span] + c[:, :span, :span] for c in sums)
+    offset = np.arange(THUMBNAIL_SIZE) - np.arange(span)[:, None]
+    box = ((offset >= 0) & (offset < WINDOW)).astype(np.float32)  # row s sums the pixels s to s + 23
+    s1, s2 = (_separable(values, box, box) for values in (grey, grey**2))
     return np.sqrt(np.maximum(s2 - s1**2 / WINDOW**2, 0.0))
 
 
+def _shift_dft(n: int, span: int) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse real 2-D DFT of size (n, n) at the first ``span`` shifts of each axis only, as two matrices: the
+    correlation is needed at 9 x 9 shifts, and two small matrix products cost less than the whole 32 x 32 inverse.
+    For a half spectrum X (..., n, n // 2 + 1), ``H = X @ along_x`` (complex, (n // 2 + 1, span)) sums over the half
+    axis, every frequency but 0 and n / 2 twice for its conjugate twin; then with H moved to (..., span, n),
+    ``[Re H | Im H] @ along_y`` (real, (2 n, span)) sums over the full axis and keeps the real part: (..., x, y)."""
+    frequencies, shifts = np.arange(n // 2 + 1), np.arange(span)
+    twice = np.where((frequencies == 0) | (frequencies == n // 2), 1.0, 2.0)
+    along_x = twice[:, None] * np.exp(2j * np.pi * np.outer(frequencies, shifts) / n)
+    along_y = np.exp(2j * np.pi * np.outer(np.arange(n), shifts) / n) / n**2
+    return along_x.astype(np.complex64), np.concatenate([along_y.real, -along_y.imag]).astype(np.float32)
+
+
 def _aligned_correlation(spectra: np.ndarray, rows: np.ndarray, grey: np.ndarray, spread: np.ndarray,
-                         columns: np.ndarray, block: int = 512) -> np.ndarray:
+                         columns: np.ndarray, block: int = 128) -> np.ndarray:
     """For pairs (row of ``spectra`` (N, 10, 32, 17), column of ``grey`` (M, 32, 32) with its ``spread`` (M, 9, 9)):
     the largest normalised cross-correlation of the row's windows with the column's image over every shift of up
-    to MAX_SHIFT pixels (P,). Computed ``block`` pairs at a time, so that the per-pair spectra stay small."""
+    to MAX_SHIFT pixels (P,). Computed ``block`` pairs at a time, so that the per-pair spectra stay in cache."""
     span = 2 * MAX_SHIFT + 1
+    along_x, along_y = _shift_dft(grey.shape[-1], span)
     best = np.zeros(len(rows), dtype=np.float32)
     for start in range(0, len(rows), block):
         part = slice(start, start + block)
-        product = np.conj(spectra[rows[part]]) * scipy.fft.rfft2(grey[columns[part]], workers=-1)[:, None]
-        numerator = scipy.fft.irfft2(product, s=grey.shape[1:], workers=-1)[..., :span, :span].max(axis=1)
+        product = spectra[rows[part]]  # a copy, conjugated and multiplied in place
+        np.conjugate(product, out=product)
+        product *= scipy.fft.rfft2(grey[columns[part]], workers=-1)[:, None]
+        half = (product.reshape(-1, product.shape[-1]) @ along_x).reshape(*product.shape[:-1], span)
+        half = np.swapaxes(half, 2, 3)
+        numerator = (np.concatenate([half.real, half.imag], axis=-1) @ along_y).max(axis=1)  # (P, x, y)
         # The same spread divides every window variant at a shift, so the maximum over variants can come first.
-        norm = spread[columns[part]]
+        norm = np.swapaxes(spread[columns[part]], 1, 2)
         r = np.divide(numerator, norm, out=np.zeros_like(numerator), where=norm > 1e-2)
         best[part] = r.max(axis=(1, 2))
     return best
+
+
+def _descriptor_index(descriptors: np.ndarray) -> faiss.Index:
+    """A faiss index of unit descriptors (N, 64) searched by inner product: exact below :data:`EXACT_SEARCH_LIMIT`
+    descriptors, an inverted file (:data:`IVF_LISTS_PER_ROOT`, :data:`IVF_PROBES`) from there on."""
+    dimension = descriptors.shape[1]
+    if len(descriptors) < EXACT_SEARCH_LIMIT:
+        index = faiss.IndexFlatIP(dimension)
+    else:
+        lists = int(IVF_LISTS_PER_ROOT * np.sqrt(len(descriptors)))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dimension), dimension, lists, faiss.METRIC_INNER_PRODUCT)
+        index.nprobe = IVF_PROBES
+        # Spherical k-means from a fixed seed: the same lists every run. It trains on at most 64 descriptors a list,
+        # so its cost grows linearly with N; from the limit on there are at least 35 a list, plenty for k-means, so
+        # faiss's warning below 39 is turned off.
+        index.cp.spherical, index.cp.seed, index.cp.niter = True, 0, 10
+        index.cp.max_points_per_centroid, index.cp.min_points_per_centroid = 64, 1
+        index.train(descriptors)
+    index.add(descriptors)
+    return index
 
 
 def _near_pairs(thumbs_a, thumbs_b, codes_a, codes_b, *, within: bool, min_correlation: float,
@@ -352,8 +415,7 @@ def _near_pairs(thumbs_a, thumbs_b, codes_a, codes_b, *, within: bool, min_corre
     if len(thumbs_a) == 0 or len(thumbs_b) == 0:
         return empty
     grey_b = _grey(thumbs_b)
-    index = faiss.IndexFlatIP(64)
-    index.add(_descriptors(grey_b))
+    index = _descriptor_index(_descriptors(grey_b))
     k = min(candidates + int(within), len(thumbs_b))  # within a split, each image finds itself too
     colour_b, detail_b = _colour_layout(thumbs_b), _detail(grey_b)
     spread_b = _window_spread(detail_b)
@@ -362,7 +424,7 @@ def _near_pairs(thumbs_a, thumbs_b, codes_a, codes_b, *, within: bool, min_corre
         rows = np.arange(start, min(start + chunk, len(thumbs_a)))
         grey_a = _grey(thumbs_a[rows])
         # One search of every warp of every image of the chunk: faiss is far faster on large query batches.
-        queries = np.concatenate([_descriptors(_warped(grey_a, *warp)) for warp in QUERY_WARPS])
+        queries = np.concatenate([_descriptors(grey_a, *warp) for warp in QUERY_WARPS])
         similarity, partner = index.search(queries, k)
         local = np.tile(np.repeat(np.arange(len(rows)), k), len(QUERY_WARPS))
         keep = (similarity.ravel() >= MIN_DESCRIPTOR_SIMILARITY) & (partner.ravel() >= 0)
@@ -374,8 +436,11 @@ def _near_pairs(thumbs_a, thumbs_b, codes_a, codes_b, *, within: bool, min_corre
         colour = np.maximum(*((layout * colour_b[j]).sum(axis=(1, 2)).min(axis=1)
                               for layout in (colour_a, colour_a[:, :, ::-1])))  # as it is, or mirrored
         ok &= colour >= min_colour_correlation
-        i, j = i[ok], j[ok]
-        r = _aligned_correlation(_window_spectra(_detail(grey_a)), i, detail_b, spread_b, j)
+        # Only the images of the chunk with a candidate left need the spectra of their windows.
+        needed, i = np.unique(i[ok], return_inverse=True)
+        j = j[ok]
+        r = _aligned_correlation(_window_spectra(_detail(grey_a[needed])), i, detail_b, spread_b, j)
+        i = needed[i]
         ok = r >= min_correlation
         found.append((rows[i[ok]], j[ok], r[ok]))
     a, b, r = (np.concatenate(parts) for parts in zip(*found, strict=True))
@@ -389,7 +454,9 @@ def _near_pairs(thumbs_a, thumbs_b, codes_a, codes_b, *, within: bool, min_corre
 def _colour_layout(thumbs: np.ndarray) -> np.ndarray:
     """Each channel's 8x8 block means, zero-mean and unit-norm per channel (N, 8, 8, 3): the dot product of two is
     each channel's Pearson correlation (a flat channel is zero and correlates with nothing)."""
-    blocks = np.asarray(thumbs).reshape(len(thumbs), 8, 4, 8, 4, 3).mean(axis=(2, 4), dtype=np.float32)
+    # Sums of 4 rows, then of 4 columns (exact in float32), over contiguous axes: faster than one mean over both.
+    rows = np.asarray(thumbs).reshape(len(thumbs), 8, 4, 32 * 3).sum(axis=2, dtype=np.float32)
+    blocks = rows.reshape(len(thumbs), 8, 8, 4, 3).sum(axis=3) / 16
     blocks -= blocks.mean(axis=(1, 2), keepdims=True)
     norms = np.sqrt((blocks**2).sum(axis=(1, 2), keepdims=True))
     return np.divide(blocks, norms, out=np.zeros_like(blocks), where=norms > 1e-3)
