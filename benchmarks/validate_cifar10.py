@@ -21,8 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from _tables import print_table
+
 from pipeline import audit
 from pipeline.artifacts import Artifact
+from pipeline.validation import spot_figures
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10"
 PLANTS = (
@@ -78,21 +81,21 @@ def main() -> None:
     rows.append({"artifact": "none (control)", "planted_class": "-", "rank": None, "flagged": None,
                  "clean_classes_flagged": clean.flagged_classes, "accuracy": clean.meta["results"]["accuracy"],
                  "seconds": time.perf_counter() - start, "spray_clusters": spray_clusters(clean.classes),
-                 "max_clean_tail_share": float(clean.classes["shortcut_score"].max())})
+                 "max_clean_tail_share": float(clean.classes["shortcut_score"].max()),
+                 **spot_figures(clean.classes)})
 
     print(f"\nCIFAR-10, reference CNN trained on {args.train_limit} planted train images for {args.epochs} epochs; "
           f"test split audited ({len(clean.samples):,} images); artifact on {args.rate:.0%} of the class's images")
-    print(f"{'artifact':66s} {'class':>6s} {'rank':>4s} {'flag':>5s} {'AUROC':>6s} {'P@k':>5s} {'us.P':>5s} "
-          f"{'us.R':>5s} {'acc':>5s}  clean classes flagged")
-    for row in rows:
-        if row["rank"] is None:
-            print(f"{row['artifact']:66s} {'-':>6s} {'-':>4s} {'-':>5s} {'-':>6s} {'-':>5s} {'-':>5s} {'-':>5s} "
-                  f"{row['accuracy']:5.3f}  {', '.join(row['clean_classes_flagged']) or 'none'}")
-            continue
-        print(f"{row['artifact']:66s} {row['planted_class']:>6s} {row['rank']:4d} {str(row['flagged']):>5s} "
-              f"{row['sample_auroc']:6.3f} {row['precision_at_stamped']:5.3f} {row['uses_shortcut_precision']:5.3f} "
-              f"{row['uses_shortcut_recall']:5.3f} "
-              f"{row['accuracy']:5.3f}  {', '.join(row['clean_classes_flagged']) or 'none'}")
+    print_table(rows, [("artifact", "artifact", 66, ""), ("class", "planted_class", 6, ""), ("rank", "rank", 4, "d"),
+                       ("flag", "flagged", 5, ""), ("AUROC", "sample_auroc", 6, ".3f"),
+                       ("P@k", "precision_at_stamped", 5, ".3f"), ("us.P", "uses_shortcut_precision", 5, ".3f"),
+                       ("us.R", "uses_shortcut_recall", 5, ".3f"), ("acc", "accuracy", 5, ".3f"),
+                       ("spot.ex", "spot_excess", 7, ".3f"), ("spot.lk", "spot_consistency", 7, ".2f"),
+                       ("clean.ex", "max_clean_spot_excess", 8, ".3f"),
+                       ("clean.lk", "max_clean_spot_consistency", 8, ".2f"),
+                       ("clean classes flagged", "clean_classes_flagged", 0, "")])
+    print("spot.ex / spot.lk: the planted class's hot spot, the excess of its images peaking there and how alike they "
+          "look there; clean.ex / clean.lk: the largest of the clean classes'")
     print("\nDid the model learn it? Tail share of the planted class vs the largest clean class's; within the class, "
           "median focus on the blamed region and accuracy, stamped vs clean images; SpRAy clusters per class")
     for row in rows:

@@ -307,7 +307,7 @@ def class_hot_spots(cams: np.ndarray, labels: np.ndarray, num_classes: int, size
 
     The class's spot passes when :meth:`HotSpots.passes`: on the CIFAR-10 validation runs, clean classes reach an
     excess of 0.04 and a likeness of 0.23 at most, a class with a logo learnt on a half or a fifth of its images
-    0.12 to 0.23 and 0.72 to 0.91 (README).
+    0.12 to 0.23 and 0.71 to 0.91 (README).
     """
     mass, valid = heatmaps.to_mass(cams)
     side = heatmaps.window_side(thresholds.spot_share)
@@ -511,24 +511,21 @@ def class_table(
     for k, statistic in zip(table["class"], table["shortcut_statistic"], strict=True):
         region = _region(samples, k, statistic, image_size, spots)
         values, mine = _values(samples, region.column), labels == k
-        # A focus ratio times the region's share is the mass in it; the background's mass is its attention, each
-        # image's background share differing; a spot's mass is kept beside its margins.
-        share = np.nan if region.mask is None else float(region.mask.mean())
-        to_mass = share
         tail, _ = _tail(values, mine, thresholds.tail_quantile)
-        if region.kind == "spot":
-            values, to_mass = spots.masses[:, k], 1.0
-        elif region.kind == "background":
-            values, to_mass = _values(samples, "background_attention"), 1.0
+        # The heatmap mass in the region: a focus ratio times the region's share; for the background, its attention
+        # (each image's background share differs); for a spot, the mass kept beside its margins.
+        share = np.nan if region.mask is None else float(region.mask.mean())
+        mass = (spots.masses[:, k] if region.kind == "spot" else _values(samples, "background_attention")
+                if region.kind == "background" else values * share)
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a class without samples has NaN means
             measured.append({
                 "measured_region": region.name, "region_kind": region.kind, "measured_share": share,
                 "region_column": region.column, "region": region.name, "region_share": share,
-                "focus_mean": np.nanmean(_values(samples, region.column)[mine]) if mine.any() else np.nan,
+                "focus_mean": np.nanmean(values[mine]) if mine.any() else np.nan,
                 "tail_samples": int(tail.sum()),
-                "tail_mass": np.nanmean(values[tail]) * to_mass if tail.any() else np.nan,
-                "others_mass": np.nanmean(values[~mine]) * to_mass if (~mine).any() else np.nan,
+                "tail_mass": np.nanmean(mass[tail]) if tail.any() else np.nan,
+                "others_mass": np.nanmean(mass[~mine]) if (~mine).any() else np.nan,
             })
     return pd.concat([table, pd.DataFrame(measured, index=table.index)], axis=1)
 

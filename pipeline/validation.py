@@ -57,6 +57,7 @@ def detection_figures(samples: pd.DataFrame, classes: pd.DataFrame, planted_clas
         "uses_shortcut_recall": float(uses[stamped].mean()) if stamped.any() else float("nan"),
         # Did the model learn the artifact at all? The class's tail share against the largest of the clean
         # classes', and, within the class, how stamped and clean images differ in focus and in accuracy.
+        **spot_figures(classes, planted_class),
         "planted_tail_share": float(classes.loc[classes["class"] == k, "shortcut_score"].iloc[0]),
         "max_clean_tail_share": float(clean_tails.max()) if clean_tails.notna().any() else float("nan"),
         "stamped_median_focus": _median(score[stamped & mine & finite]),
@@ -66,6 +67,22 @@ def detection_figures(samples: pd.DataFrame, classes: pd.DataFrame, planted_clas
         "clean_accuracy": float(correct[~stamped & mine].mean()) if correct is not None and
         (~stamped & mine).any() else float("nan"),
     }
+
+
+def spot_figures(classes: pd.DataFrame, planted_class: str | None = None) -> dict:
+    """The hot spot rule's two tests for the planted class, and the largest of the clean classes': the excess of its
+    images peaking in its spot over other classes' share, and how alike they look there (NaN for a classes table
+    without the hot spot's columns)."""
+    names = ("spot_excess", "spot_consistency", "max_clean_spot_excess", "max_clean_spot_consistency")
+    if "spot_margin_peak_share" not in classes:
+        return dict.fromkeys(names, float("nan"))
+    excess = classes["spot_margin_peak_share"] - classes["spot_margin_others_share"]
+    planted = (classes["class_name"] == planted_class).to_numpy()
+    return {"spot_excess": float(excess[planted].iloc[0]) if planted.any() else float("nan"),
+            "spot_consistency": float(classes.loc[planted, "spot_margin_consistency"].iloc[0]) if planted.any()
+            else float("nan"),
+            "max_clean_spot_excess": float(excess[~planted].max()),
+            "max_clean_spot_consistency": float(classes.loc[~planted, "spot_margin_consistency"].max())}
 
 
 def _median(values: np.ndarray) -> float:

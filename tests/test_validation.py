@@ -55,3 +55,13 @@ def test_precision_at_k_counts_positives_among_the_k_highest_finite_scores():
     positive = np.array([True, True, False, False, True])
     assert validation.precision_at(scores, positive, 2) == 0.5
     assert validation.precision_at(scores, positive, 3) == pytest.approx(2 / 3)
+
+
+def test_the_hot_spot_figures_are_the_planted_class_s_and_the_largest_of_the_clean_classes():
+    classes = pd.DataFrame({"class_name": ["a", "b", "c"], "spot_margin_peak_share": [0.30, 0.05, 0.04],
+                            "spot_margin_others_share": [0.02, 0.01, 0.03], "spot_margin_consistency": [0.9, 0.1, 0.2]})
+    figures = validation.spot_figures(classes, "a")
+    assert figures["spot_excess"] == pytest.approx(0.28) and figures["spot_consistency"] == 0.9
+    assert figures["max_clean_spot_excess"] == pytest.approx(0.04) and figures["max_clean_spot_consistency"] == 0.2
+    control = validation.spot_figures(classes)
+    assert np.isnan(control["spot_excess"]) and control["max_clean_spot_excess"] == pytest.approx(0.28)
