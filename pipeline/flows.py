@@ -144,7 +144,8 @@ def start_local_server() -> None:
 
 def task_runner(config: AuditConfig):
     """A DaskTaskRunner on the cluster at ``dask_address``, or on a local cluster of ``workers`` processes (one
-    thread each: TensorFlow already uses the cores it has); None for the default, in-process runner."""
+    thread each: TensorFlow already uses the cores it has, and :mod:`pipeline._dask_worker` preloaded); None for the
+    default, in-process runner."""
     if not (config.workers or config.dask_address):
         return None
     from prefect_dask import DaskTaskRunner
@@ -152,7 +153,8 @@ def task_runner(config: AuditConfig):
     if config.dask_address:
         return DaskTaskRunner(address=config.dask_address)
     return DaskTaskRunner(cluster_kwargs={"n_workers": config.workers, "threads_per_worker": 1,
-                                          "processes": True, "dashboard_address": None})
+                                          "processes": True, "dashboard_address": None,
+                                          "preload": ["pipeline._dask_worker"]})
 
 
 #: ``progress(samples_done, total, images_per_second)``, called after every shard (the CLI's live progress bar).

@@ -213,3 +213,34 @@ def test_on_a_terminal_a_live_progress_bar_runs_under_the_log_lines_without_tang
     for line in screen.split("\n"):
         if "shard " in line and " done:" in line and "auditing " in line:
             assert line.index("\x1b[2K") < line.index("shard ")
+
+
+def test_local_dask_workers_log_a_heartbeat_to_a_gone_scheduler_as_one_line_not_a_traceback(caplog):
+    """The race CI met once, after a worker was killed: a restarted worker's heartbeat found the scheduler closed,
+    and distributed logged it with a traceback, though the run completed."""
+    import logging
+
+    from distributed import Client, LocalCluster
+    from distributed.comm.core import CommClosedError
+
+    from pipeline import AuditConfig
+    from pipeline._dask_worker import HeartbeatFailure
+    from pipeline.flows import task_runner
+
+    kwargs = task_runner(AuditConfig(dataset="demo", workers=1)).cluster_kwargs
+    with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+        installed = client.run(lambda: [type(f).__name__ for f in logging.getLogger("distributed.worker").filters])
+    assert list(installed.values()) == [["HeartbeatFailure"]]
+
+    logger = logging.getLogger("test.distributed.worker")
+    logger.addFilter(HeartbeatFailure())
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        try:
+            raise CommClosedError("in <TCP (closed) ConnectionPool.heartbeat_worker>: Stream is closed")
+        except OSError:
+            logger.exception("Failed to communicate with scheduler during heartbeat.")
+        logger.info("Stopping worker")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.name == logger.name] == [
+        ("WARNING", "heartbeat: the scheduler could not be reached (in <TCP (closed) ConnectionPool.heartbeat_worker>: "
+                    "Stream is closed)"), ("INFO", "Stopping worker")]
+    assert "Traceback" not in caplog.text

@@ -1,0 +1,29 @@
+"""Set-up run in every worker process of the local Dask cluster as it starts (a Dask preload; see
+:func:`pipeline.flows.task_runner`).
+
+When the cluster closes, or after a worker was killed and its nanny started a new one, a worker can send its heartbeat
+to a scheduler that has just gone. ``distributed`` logs that race with a full traceback, which a user reads as a crash
+of a run that completed. The filter keeps the message, one line at WARNING with the error's text, and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+
+_HEARTBEAT = "Failed to communicate with scheduler during heartbeat"
+
+
+class HeartbeatFailure(logging.Filter):
+    """Rewrite ``distributed.worker``'s failed-heartbeat record as one line; every other record passes unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith(_HEARTBEAT):
+            error = record.exc_info[1] if record.exc_info else None
+            record.msg, record.args = "heartbeat: the scheduler could not be reached (%s)", (error,)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def dask_setup(worker) -> None:  # called by distributed's preloading with the worker being started
+    logging.getLogger("distributed.worker").addFilter(HeartbeatFailure())
