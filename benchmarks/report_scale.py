@@ -34,6 +34,7 @@ from playwright.sync_api import sync_playwright
 from pipeline import findings, heatmaps, report
 from pipeline.datasets import SourceSpec, open_source
 from pipeline.heatmaps import upsample
+from pipeline.samples import LABEL_STATISTICS
 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
@@ -49,13 +50,18 @@ def fabricated_tables(n: int) -> tuple:
     probs[boosted, source.labels[boosted]] += 3.0
     probs = (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
     cams = rng.gamma(1.0, 1.0, (n, 8, 8)).astype(np.float32)
+    right = probs.argmax(1) == source.labels
+    label_cams = np.where(right[:, None, None], cams, rng.gamma(1.0, 1.0, (n, 8, 8)).astype(np.float32))
     mass, valid = heatmaps.to_mass(upsample(cams, (32, 32)))
+    label_mass, label_valid = heatmaps.to_mass(upsample(label_cams, (32, 32)))
+    label_stats = heatmaps.summarise(label_mass, source.masks)
     samples = pd.DataFrame({
         "sample_id": source.sample_ids, "label": source.labels, "pred": probs.argmax(1), "confidence": probs.max(1),
-        "label_prob": probs[np.arange(n), source.labels], "cam_valid": valid,
-        **heatmaps.summarise(mass, source.masks),
+        "label_prob": probs[np.arange(n), source.labels], "cam_valid": valid, "label_cam_valid": label_valid,
+        **heatmaps.summarise(mass, source.masks), **{f"label_{k}": label_stats[k] for k in LABEL_STATISTICS},
     })
-    tables = findings.build_tables(samples, probs, cams, source.class_names, (32, 32), findings.Thresholds())
+    tables = findings.build_tables(samples, probs, cams, label_cams, source.class_names, (32, 32),
+                                   findings.Thresholds())
     # As many duplicate pairs as a CIFAR-10 audit finds (about 180), so the page carries that section too.
     pairs = rng.choice(n, (180, 2), replace=False)
     tables.duplicates = pd.DataFrame({"sample_id_a": source.sample_ids[pairs[:, 0]], "split_a": "test",

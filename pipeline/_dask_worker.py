@@ -2,8 +2,11 @@
 :func:`pipeline.flows.task_runner`).
 
 When the cluster closes, or after a worker was killed and its nanny started a new one, a worker can send its heartbeat
-to a scheduler that has just gone. ``distributed`` logs that race with a full traceback, which a user reads as a crash
-of a run that completed. The filter keeps the message, one line at WARNING with the error's text, and nothing else.
+to a scheduler that has just gone, and the scheduler can write to a worker that has just gone. ``distributed`` logs
+those races with full tracebacks (the first at ERROR, the second at INFO), which a user reads as a crash of a run that
+completed. So, in the workers and in the process that runs the flow, ``distributed`` logs at WARNING and above only
+(its INFO lines are the cluster's own chatter: workers registered, streams closed), and the failed heartbeat is one
+line at WARNING with the error's text.
 """
 
 from __future__ import annotations
@@ -25,5 +28,11 @@ class HeartbeatFailure(logging.Filter):
         return True
 
 
+def quiet() -> None:
+    """``distributed`` logs WARNING and above in this process."""
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
 def dask_setup(worker) -> None:  # called by distributed's preloading with the worker being started
+    quiet()
     logging.getLogger("distributed.worker").addFilter(HeartbeatFailure())

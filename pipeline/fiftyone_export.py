@@ -12,6 +12,7 @@ Run it as ``python -m pipeline.fiftyone_export export REPORT_DIR`` and ``... tag
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import shutil
 import sys
@@ -190,13 +191,17 @@ def _thumbnail_files(report: Report, out_dir: Path) -> list[str]:
         raise AuditError(f"report {quoted(str(report.directory))} carries no thumbnails (made with --link-images, or "
                          "before the explorer existed); pass --images-root with the image folder the run audited")
     side, grid = images["side"], images["grid"]
+    # Sample i is in cell slots[i] of the sheets, counted across them (reports before the slots: cell i).
+    slots = np.frombuffer(base64.b64decode(images["slots"]), dtype="<u4") if "slots" in images \
+        else np.arange(len(names))
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
     try:
         for number, sheet_path in enumerate(images["sheets"]):
             with Image.open(report.directory / sheet_path) as sheet:
                 sheet = sheet.convert("RGB")
-            for cell, row in enumerate(range(number * grid**2, min((number + 1) * grid**2, len(names)))):
+            for row in np.flatnonzero(slots // grid**2 == number):
+                cell = int(slots[row]) % grid**2
                 top, left = (cell // grid) * side, (cell % grid) * side
                 sheet.crop((left, top, left + side, top + side)).save(tmp / names[row])
         shutil.rmtree(out_dir, ignore_errors=True)

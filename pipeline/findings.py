@@ -1,10 +1,13 @@
 """From the per-sample table to findings: shortcut classes with evidence, relabel candidates, per-sample flags.
 
 A class is a *shortcut candidate* when its heatmaps sit in a region off the object far more than the other classes'
-do, for the whole class or for a sub-population of it. Four regions are measured per class: the border band and its
-favoured corner (fixed regions), its *hot spot*, the window anywhere in the image where the class's heatmaps peak
-far more often than other classes' do (:func:`class_hot_spots`), and the *background*, outside each image's object
-mask (true or estimated). A class favours the band, the corner or the background when
+do, for the whole class or for a sub-population of it. The heatmaps judged are each image's *given label's* CAM (the
+``label_*`` columns of the samples table, ``label_cams``): the evidence for the class in its own images, which is
+the predicted class's CAM wherever the model is right, and not the evidence for another class where it is wrong.
+Four regions are measured per class: the border band and its favoured corner (fixed regions), its *hot spot*, the
+window anywhere in the image where the class's heatmaps peak far more often than other classes' do
+(:func:`class_hot_spots`), and the *background*, outside each image's object mask (true or estimated). A class
+favours the band, the corner or the background when
 
 - whole class: its mean focus ratio is at least ``min_focus_ratio`` times the median of the other classes' means,
   and a random sample of it is more focused there than a random sample of another class with probability (AUROC)
@@ -53,6 +56,8 @@ SHORTCUT_STATISTICS = ("border_focus", "corner_focus", "spot_margin", "backgroun
 #: absorb a corner or a frame. A background from the source's true masks is as fixed as the border band: when every
 #: mask is true, it competes with them on its tail share (a background shortcut touches the border band too).
 FIXED_STATISTICS = ("border_focus", "corner_focus")
+#: The samples-table columns of the given label's CAM's statistics: ``label_`` and the statistic's column.
+EVIDENCE_PREFIX = "label_"
 #: What each statistic measures, as the evidence sentence names it.
 STATISTIC_WORDS = {"border_focus": "border focus", "corner_focus": "corner focus",
                    "spot_margin": "peak margin on the spot", "background_focus": "background focus"}
@@ -69,7 +74,7 @@ class AuditTables:
     samples: pd.DataFrame
     classes: pd.DataFrame
     cams: np.ndarray  # (N, h, w) raw predicted-class CAMs at the target layer's resolution, rows as in samples
-    class_mean_cams: np.ndarray  # (C, h, w) mean normalised CAM per class
+    class_mean_cams: np.ndarray  # (C, h, w) mean normalised CAM of the given label per class
     probs: np.ndarray | None = None  # (N, C) the model's class probabilities, rows as in samples
     meta: dict = field(default_factory=dict)
     clusters: dict = field(default_factory=dict)  # class -> SpRAy clusters of its CAMs (pipeline.spray.Clusters)
@@ -92,6 +97,7 @@ def build_tables(
     samples: pd.DataFrame,
     probs: np.ndarray,
     cams: np.ndarray,
+    label_cams: np.ndarray,
     class_names: tuple[str, ...],
     image_size: tuple[int, int],
     thresholds: Thresholds,
@@ -99,7 +105,9 @@ def build_tables(
     occlusion: Occlusion | None = None,
     thumbnails: np.ndarray | None = None,
 ) -> AuditTables:
-    """All findings of an audit from its merged per-sample table, probabilities and CAMs.
+    """All findings of an audit from its merged per-sample table, probabilities and CAMs: ``cams`` of the predicted
+    class (kept for the report), ``label_cams`` of the given label (the evidence the shortcut rules, SpRAy and the
+    class means judge), raw, at the target layer's resolution, rows as in ``samples``.
 
     ``thumbnails`` (N, 32, 32, 3), rows as in ``samples``, let the hot spot rule check that the images peaking on a
     spot look alike there (:func:`spot_consistency`); without them that check is not made.
@@ -109,7 +117,7 @@ def build_tables(
     """
     scored = score_samples(samples.reset_index(drop=True), probs, class_names)
     labels = scored["label"].to_numpy()
-    spots = class_hot_spots(cams, labels, len(class_names), image_size, thresholds, thumbnails)
+    spots = class_hot_spots(label_cams, labels, len(class_names), image_size, thresholds, thumbnails)
     with_spot = np.flatnonzero(spots.masks.any(axis=(1, 2)))
     scored = pd.concat([scored, pd.DataFrame({spot_column(k): spots.margins[:, k] for k in with_spot},
                                              index=scored.index)], axis=1)
@@ -120,7 +128,7 @@ def build_tables(
     masks = {}
     for row in classes.index[classes["candidate"]]:
         k = int(classes.loc[row, "class"])
-        name, region = suspected_region(scored, classes, cams, k, image_size, thresholds, spots=spots)
+        name, region = suspected_region(scored, classes, label_cams, k, image_size, thresholds, spots=spots)
         classes.loc[row, ["region", "region_share"]] = [name, np.nan if region is None else float(region.mean())]
         if region is not None:
             masks[k] = region
@@ -130,7 +138,7 @@ def build_tables(
             classes.loc[row, "occlusion_population"] = "whole class" if population is None else "tail"
     # Without a causal check, a candidate is flagged on its statistics alone (its evidence says so).
     classes["flagged"] = (classes["status"] == "confirmed") | ((classes["status"] == "candidate") & (occlusion is None))
-    mass, valid = heatmaps.to_mass(cams)
+    mass, valid = heatmaps.to_mass(label_cams)
     clusters, cluster_column = {}, np.full(len(scored), -1)
     for k in range(len(class_names)):
         mine = np.flatnonzero(labels == k)
@@ -142,7 +150,7 @@ def build_tables(
     classes["evidence"] = [evidence(row, image_size, thresholds) for row in classes.to_dict("records")]
     scored["flags"] = flag_samples(scored, classes, thresholds)
     scored["relabel_reason"] = relabel_reasons(scored)
-    means = class_mean_cams(cams, labels, len(class_names))
+    means = class_mean_cams(label_cams, labels, len(class_names))
     return AuditTables(scored, classes, cams, means, probs=np.asarray(probs, dtype=np.float32), clusters=clusters,
                        regions=masks)
 
@@ -218,10 +226,15 @@ def corner_column(corner: str) -> str:
     return "corner_focus_" + corner.replace("-", "_")
 
 
+def evidence_column(column: str) -> str:
+    """The samples-table column of a statistic of the given label's CAM, e.g. ``label_border_focus``."""
+    return EVIDENCE_PREFIX + column
+
+
 def favoured_corner(samples: pd.DataFrame, k: int) -> str:
-    """The corner on which class ``k``'s heatmaps have the highest mean focus."""
+    """The corner on which class ``k``'s heatmaps (of its given label) have the highest mean focus."""
     mine = samples["label"] == k
-    means = np.array([samples.loc[mine, corner_column(c)].mean() for c in heatmaps.CORNERS])
+    means = np.array([samples.loc[mine, evidence_column(corner_column(c))].mean() for c in heatmaps.CORNERS])
     return heatmaps.CORNERS[int(np.nanargmax(means))] if np.isfinite(means).any() else heatmaps.CORNERS[0]
 
 
@@ -409,17 +422,18 @@ def _region(samples: pd.DataFrame, k: int, statistic: str, size: tuple[int, int]
             spots: HotSpots | None) -> _Measured:
     """Where ``statistic`` looks for class ``k``: the border band for the border focus; the class's favoured corner
     for the corner focus; its hot spot (``spots.masks[k]``) for the spot margin; each image's background for the
-    background focus."""
+    background focus. Its column holds the statistic of each sample's given label's CAM (:func:`evidence_column`;
+    the spot margins are of those CAMs already)."""
     if statistic == "border_focus":
-        return _Measured("band", "the border band", "border_focus", heatmaps.border_band(*size))
+        return _Measured("band", "the border band", evidence_column("border_focus"), heatmaps.border_band(*size))
     if statistic == "corner_focus":
         corner = favoured_corner(samples, k)
-        return _Measured("corner", f"the {corner} corner", corner_column(corner),
+        return _Measured("corner", f"the {corner} corner", evidence_column(corner_column(corner)),
                          heatmaps.corner_regions(*size)[heatmaps.CORNERS.index(corner)])
     if statistic == "spot_margin":
         spot = spots.masks[k] if spots is not None and spots.masks[k].any() else None
         return _Measured("spot", "no spot" if spot is None else describe_region(spot), spot_column(k), spot)
-    return _Measured("background", background_name(samples), "background_focus", None)
+    return _Measured("background", background_name(samples), evidence_column("background_focus"), None)
 
 
 def _values(samples: pd.DataFrame, column: str) -> np.ndarray:
@@ -515,7 +529,8 @@ def class_table(
         # The heatmap mass in the region: a focus ratio times the region's share; for the background, its attention
         # (each image's background share differs); for a spot, the mass kept beside its margins.
         share = np.nan if region.mask is None else float(region.mask.mean())
-        mass = (spots.masses[:, k] if region.kind == "spot" else _values(samples, "background_attention")
+        mass = (spots.masses[:, k] if region.kind == "spot" else
+                _values(samples, evidence_column("background_attention"))
                 if region.kind == "background" else values * share)
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a class without samples has NaN means

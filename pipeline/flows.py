@@ -29,7 +29,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
-from . import findings, models, occlusion, report, runs, samples, validation
+from . import findings, models, occlusion, report, runs, samples, sprites, validation
 from .config import AuditConfig, AuditResult, Thresholds
 from .datasets import SourceSpec, open_source
 from .errors import AuditError, quoted
@@ -79,8 +79,9 @@ def audit_shard(spec: SourceSpec, model_paths: list[str], config: AuditConfig, s
     only the shards it had not finished. It records the process that computed it.
     """
     tick = time.perf_counter()
+    # Not in the cache key: a shard reused without the explorer's thumbnails has the report decode them instead.
     result = samples.scan(open_source(spec), [runs.explainer(config, path) for path in model_paths], start, stop,
-                          config.batch_size, fold_seed=config.seed)
+                          config.batch_size, fold_seed=config.seed, explorer_thumbnails=not config.link_images)
     worker = {"start": start, "stop": stop, "host": socket.gethostname(), "pid": os.getpid(),
               "seconds": round(time.perf_counter() - tick, 3)}
     return dataclasses.replace(result, worker=worker)
@@ -97,8 +98,8 @@ def find(spec: SourceSpec, model_paths: list[str], config: AuditConfig, merged: 
                                          table["sample_id"].to_numpy(), k, region, size=image_size,
                                          seed=config.seed, population=population)
 
-    return findings.build_tables(table, merged.probs, merged.cams, source.class_names, image_size, thresholds,
-                                 occlusion=occlude, thumbnails=merged.thumbnails)
+    return findings.build_tables(table, merged.probs, merged.cams, merged.label_cams, source.class_names, image_size,
+                                 thresholds, occlusion=occlude, thumbnails=merged.thumbnails)
 
 
 @task(cache_policy=NO_CACHE)
@@ -116,10 +117,12 @@ def find_duplicates(spec: SourceSpec, config: AuditConfig, merged: samples.Shard
 
 
 @task(cache_policy=NO_CACHE)
-def write_report(out: Path, config: AuditConfig, tables: findings.AuditTables) -> Path:
+def write_report(out: Path, config: AuditConfig, tables: findings.AuditTables,
+                 sprite_sheets: sprites.SpriteSheets | None) -> Path:
     source = open_source(runs.source_spec(config))
     return report.write_report(out, source, tables, gallery_size=config.gallery_size,
-                               other=runs.other_training_split(config, source), link_images=config.link_images)
+                               other=runs.other_training_split(config, source), link_images=config.link_images,
+                               sprite_sheets=sprite_sheets)
 
 
 def start_local_server() -> None:
@@ -150,6 +153,9 @@ def task_runner(config: AuditConfig):
         return None
     from prefect_dask import DaskTaskRunner
 
+    from ._dask_worker import quiet
+
+    quiet()
     if config.dask_address:
         return DaskTaskRunner(address=config.dask_address)
     return DaskTaskRunner(cluster_kwargs={"n_workers": config.workers, "threads_per_worker": 1,
@@ -289,7 +295,7 @@ def _audit(config: AuditConfig, source, out_dir: Path, progress: Progress | None
                                   skipped=source.skipped + merged.skipped, detection=detection, timings=timings,
                                   workers=[shard.worker for shard in shards])
     timings["total_s"] = time.perf_counter() - started  # everything up to writing the report, which records it
-    report_dir = write_report(out_dir, config, tables)
+    report_dir = write_report(out_dir, config, tables, merged.sprite_sheets)
     _publish(report_dir, tables)
     logger.info("report written to %s", report_dir)
     return AuditResult(report_dir, tables.samples, tables.classes, tables.meta, tables.duplicates)

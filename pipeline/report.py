@@ -31,6 +31,7 @@ from .errors import AuditError
 from .findings import AuditTables
 from .foreground import estimate_foreground
 from .heatmaps import upsample
+from .sprites import SHEET_GRID, SpriteSheets, decode_sheets
 
 #: Colormap of every heatmap image in the report.
 COLORMAP = "inferno"
@@ -41,12 +42,6 @@ DISPLAY_SIZE = 96
 OUTLINE_COLOUR = (0, 255, 255)
 #: Skipped inputs listed in the page; audit.json lists all of them.
 MAX_SKIPPED_SHOWN = 200
-#: Largest side in pixels of an explorer thumbnail; smaller images keep their own size (32 px for CIFAR-10).
-THUMB_SIDE = 64
-#: Thumbnails per row and per column of one sprite sheet.
-SHEET_GRID = 16
-#: WebP quality of the sprite sheets (about 300 bytes per 32x32 CIFAR-10 thumbnail at 80).
-SHEET_QUALITY = 80
 #: The explorer's data, a script that assigns it to ``window.gradcamAuditData`` (a page opened from ``file://``
 #: may load scripts but not fetch files).
 EXPLORER_DATA = "explore-data.js"
@@ -259,35 +254,18 @@ def _explorer_column(values: pd.Series) -> dict:
     return {"name": name, "kind": "text", "values": text.tolist(), "rank": _base64(rank)}
 
 
-def _thumbnails(source: Source, sample_ids: np.ndarray) -> np.ndarray:
-    """Every sample's image as the model saw it (resized to a square, aspect ratio not kept) at the thumbnail side:
-    the images' own side up to :data:`THUMB_SIDE`; grey where an image can no longer be read."""
-    side = min(THUMB_SIDE, max(source.natural_size)) if source.natural_size else THUMB_SIDE
-    row_of = {sample_id: i for i, sample_id in enumerate(sample_ids)}
-    thumbs = np.full((len(sample_ids), side, side, 3), 128, dtype=np.uint8)
-    for batch in source.batches((side, side), 512):
-        rows = np.array([row_of.get(sample_id, -1) for sample_id in batch.sample_ids], dtype=np.int64)
-        known = rows >= 0
-        thumbs[rows[known]] = batch.images[known]
-    return thumbs
-
-
-def _sprite_sheets(thumbs: np.ndarray, assets: Path) -> list[str]:
-    """Write the thumbnails as WebP sheets of :data:`SHEET_GRID` x :data:`SHEET_GRID`, row by row, and return their
-    paths: thumbnail ``i`` is cell ``i % SHEET_GRID**2`` of sheet ``i // SHEET_GRID**2``."""
-    per_sheet, side = SHEET_GRID**2, thumbs.shape[1]
+def _sprite_images(sheets: SpriteSheets, sample_ids: np.ndarray, assets: Path) -> dict:
+    """Write the sprite sheets as ``assets/thumbs-NNNN.webp`` and say where each sample's thumbnail is: cell
+    ``slot % grid**2`` (row by row) of sheet ``slot // grid**2``."""
+    if len(sheets.slots) != len(sample_ids):
+        raise ValueError(f"{len(sheets.slots)} thumbnail slots for {len(sample_ids)} samples")
     files = []
-    for number, start in enumerate(range(0, len(thumbs), per_sheet)):
-        block = thumbs[start:start + per_sheet]
-        rows = -(-len(block) // SHEET_GRID)
-        cells = np.full((rows * SHEET_GRID, side, side, 3), 128, dtype=np.uint8)
-        cells[:len(block)] = block
-        sheet = cells.reshape(rows, SHEET_GRID, side, side, 3).transpose(0, 2, 1, 3, 4)
+    for number, sheet in enumerate(sheets.sheets):
         name = f"thumbs-{number:04d}.webp"
-        Image.fromarray(sheet.reshape(rows * side, SHEET_GRID * side, 3)).save(assets / name, "WEBP",
-                                                                             quality=SHEET_QUALITY)
+        (assets / name).write_bytes(sheet)
         files.append(f"assets/{name}")
-    return files
+    return {"kind": "sprites", "side": sheets.side, "grid": SHEET_GRID, "sheets": files,
+            "slots": _base64(sheets.slots.astype("<u4"))}
 
 
 def _linked_images(source: Source, sample_ids: np.ndarray, report_dir: Path) -> list[str]:
@@ -301,7 +279,7 @@ def _linked_images(source: Source, sample_ids: np.ndarray, report_dir: Path) -> 
 
 
 def _explorer_data(source: Source, tables: AuditTables, scaled_cams: np.ndarray, assets: Path, report_dir: Path,
-                   link_images: bool) -> dict:
+                   link_images: bool, sprite_sheets: SpriteSheets | None) -> dict:
     """Everything the explorer shows of every sample: each column of the samples table, whether the sample is in a
     duplicate pair, its CAM at the target layer's resolution (uint8), its thumbnail (a cell of a sprite sheet, or
     its own file) and the colormap as a 256-entry lookup table."""
@@ -315,9 +293,7 @@ def _explorer_data(source: Source, tables: AuditTables, scaled_cams: np.ndarray,
     if link_images:
         images = {"kind": "files", "files": _linked_images(source, ids, report_dir)}
     else:
-        thumbs = _thumbnails(source, ids)
-        images = {"kind": "sprites", "side": int(thumbs.shape[1]), "grid": SHEET_GRID,
-                  "sheets": _sprite_sheets(thumbs, assets)}
+        images = _sprite_images(sprite_sheets or decode_sheets(source, ids), ids, assets)
     lut = (colormaps[COLORMAP](np.arange(256))[:, :3] * 255).round().astype(np.uint8)
     return {
         "classes": [str(c) for c in source.class_names],
@@ -364,13 +340,15 @@ def _history(out_dir: Path, tables: AuditTables) -> dict | None:
 
 
 def write_report(out_dir: Path, source: Source, tables: AuditTables, *, gallery_size: int = 24,
-                 other: Source | None = None, link_images: bool = False) -> Path:
+                 other: Source | None = None, link_images: bool = False,
+                 sprite_sheets: SpriteSheets | None = None) -> Path:
     """Write the complete report directory ``out_dir`` and return it; refuses to overwrite an existing one.
 
     ``other`` is the training split, when duplicates were searched across splits (for the pairs' pictures).
     ``link_images`` (image folders only): the explorer shows the dataset's own files, linked by paths relative to
     the report directory, instead of thumbnails in sprite sheets (a smaller report that needs the dataset beside
-    it)."""
+    it). ``sprite_sheets``: those thumbnails as the audit's shards made them, rows as in ``tables.samples``;
+    without them they are made here, by decoding the dataset again."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise AuditError(f"report directory {str(out_dir)!r} already exists; choose another --out")
@@ -380,7 +358,7 @@ def write_report(out_dir: Path, source: Source, tables: AuditTables, *, gallery_
         assets = tmp / "assets"
         assets.mkdir(parents=True)
         _write_report_files(tmp, assets, source, tables, gallery_size, _history(out_dir, tables), out_dir.name,
-                            other, link_images)
+                            other, link_images, sprite_sheets)
         try:
             os.rename(tmp, out_dir)
         except OSError as err:
@@ -400,7 +378,8 @@ def write_report(out_dir: Path, source: Source, tables: AuditTables, *, gallery_
 
 
 def _write_report_files(tmp: Path, assets: Path, source: Source, tables: AuditTables, gallery_size: int,
-                        history: dict | None, report_name: str, other: Source | None, link_images: bool) -> None:
+                        history: dict | None, report_name: str, other: Source | None, link_images: bool,
+                        sprite_sheets: SpriteSheets | None) -> None:
     samples, classes = tables.samples, tables.classes
     # The parquet file keeps full precision; the CSV, for reading and spreadsheets, 4 significant digits.
     samples.to_parquet(tmp / "samples.parquet", index=False, compression="zstd")
@@ -416,7 +395,7 @@ def _write_report_files(tmp: Path, assets: Path, source: Source, tables: AuditTa
                             class_names=np.asarray(source.class_names, dtype=str))
     for name in ("report.css", "report.js"):
         shutil.copyfile(templates_dir() / "static" / name, assets / name)
-    explorer = _explorer_data(source, tables, scaled_cams, assets, tmp, link_images)
+    explorer = _explorer_data(source, tables, scaled_cams, assets, tmp, link_images, sprite_sheets)
     # ensure_ascii: the file is JavaScript, and every name from the data stays inside a JSON string literal.
     (assets / EXPLORER_DATA).write_text(f"window.gradcamAuditData = {json.dumps(explorer, ensure_ascii=True)};\n",
                                         encoding="ascii")

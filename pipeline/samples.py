@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import pandas as pd
 
-from . import heatmaps
+from . import heatmaps, sprites
 from .config import Thresholds
 from .datasets import Source
 from .duplicates import THUMBNAIL_SIZE, find_duplicates, pixel_digests, thumbnails
@@ -18,7 +18,7 @@ from .heatmaps import upsample
 from .models import cross_fit_folds
 
 #: Bump when the columns or arrays of a shard result change: persisted shard results of older versions are not reused.
-TABLE_VERSION = 7
+TABLE_VERSION = 8
 
 
 @dataclass(frozen=True)
@@ -28,16 +28,19 @@ class ShardResult:
     table: pd.DataFrame
     probs: np.ndarray  # (n, C) float32 class probabilities
     cams: np.ndarray  # (n, h, w) float32 predicted-class CAMs at the target layer's resolution, unnormalised
+    label_cams: np.ndarray  # (n, h, w) float32 the given label's CAMs (equal to ``cams`` where pred == label)
     skipped: list[dict]  # {"sample_id", "reason"} of inputs that could not be decoded
     digests: np.ndarray  # (n,) str digests of the pixels the model saw, for exact duplicates
     thumbnails: np.ndarray  # (n, 32, 32, 3) uint8 thumbnails, for near duplicates
     worker: dict = field(default_factory=dict)  # where the shard was computed (set by the orchestration)
     stages: dict = field(default_factory=dict)  # seconds spent per stage (STAGES) on this shard
+    sprite_sheets: sprites.SpriteSheets | None = None  # the explorer's thumbnails, rows as in the table
 
 
 #: The stages of a shard timed by :func:`scan`: waiting for the source's next decoded batch (folder and tfds sources
 #: decode ahead in tf.data threads, so this is the part decoding does not hide), the Grad-CAM engine, statistics
-#: (upsampling, mass, summaries, the table), the foreground estimate, and the digests and thumbnails of duplicates.
+#: (upsampling, mass, summaries, the table), the foreground estimate, and the digests and thumbnails of duplicates
+#: with the explorer's sprite sheets.
 STAGES = ("decode_s", "gradcam_s", "statistics_s", "foreground_s", "thumbnails_s")
 
 
@@ -64,7 +67,7 @@ def _explain(explainers: list[GradCAM], images: np.ndarray, labels: np.ndarray, 
 
 
 def scan(source: Source, explainers: list[GradCAM], start: int, stop: int, batch_size: int,
-         fold_seed: int = 0) -> ShardResult:
+         fold_seed: int = 0, explorer_thumbnails: bool = True) -> ShardResult:
     """Audit samples ``start`` to ``stop`` of ``source``: probabilities, CAMs and statistics per sample.
 
     With one explainer, every sample is explained by its model; with K (cross-fitting), a sample in fold k (by
@@ -72,10 +75,12 @@ def scan(source: Source, explainers: list[GradCAM], start: int, stop: int, batch
 
     Images reach the model at its input size. Statistics are computed on CAMs upsampled to that size and normalised
     to mass distributions; where the source gives no foreground mask for a sample it is estimated
-    (:mod:`pipeline.foreground`) and the row says ``mask_kind = "estimated"``.
+    (:mod:`pipeline.foreground`) and the row says ``mask_kind = "estimated"``. With ``explorer_thumbnails``, the
+    images as the model saw them also go into the report explorer's sprite sheets (:mod:`pipeline.sprites`).
     """
     size = explainers[0].image_size(source.natural_size)
-    tables, probs, cams, skipped, digests, thumbs = [], [], [], [], [], []
+    writer = sprites.SheetWriter(sprites.thumbnail_side(source.natural_size)) if explorer_thumbnails else None
+    tables, probs, cams, label_cams, skipped, digests, thumbs = [], [], [], [], [], [], []
     stages, clock = dict.fromkeys(STAGES, 0.0), _Clock()
     for batch in source.batches(size, batch_size, start, stop):
         stages["decode_s"] += clock.lap()
@@ -118,19 +123,26 @@ def scan(source: Source, explainers: list[GradCAM], start: int, stop: int, batch
         tables.append(table)
         probs.append(out.probs.astype(np.float32))
         cams.append(out.cam_pred.astype(np.float32))
+        label_cams.append(out.cam_label.astype(np.float32))
         stages["statistics_s"] += clock.lap()
         digests.append(pixel_digests(batch.images))
         thumbs.append(thumbnails(batch.images))
+        if writer is not None:
+            writer.add(batch.images)
         stages["thumbnails_s"] += clock.lap()
     if not tables:
         return ShardResult(pd.DataFrame(), np.zeros((0, len(source.class_names)), np.float32),
-                           np.zeros((0, 1, 1), np.float32), skipped, np.zeros(0, dtype=object), _no_thumbnails())
-    return ShardResult(pd.concat(tables, ignore_index=True), np.concatenate(probs), np.concatenate(cams), skipped,
-                       np.concatenate(digests), np.concatenate(thumbs), stages=stages)
+                           np.zeros((0, 1, 1), np.float32), np.zeros((0, 1, 1), np.float32), skipped,
+                           np.zeros(0, dtype=object), _no_thumbnails())
+    return ShardResult(pd.concat(tables, ignore_index=True), np.concatenate(probs), np.concatenate(cams),
+                       np.concatenate(label_cams), skipped, np.concatenate(digests), np.concatenate(thumbs),
+                       stages=stages, sprite_sheets=None if writer is None else writer.finish())
 
 
-#: The statistics also kept for the given label's CAM (``label_<name>`` columns).
-LABEL_STATISTICS = ("border_focus", "corner_focus", "background_attention", "concentration")
+#: The statistics also kept for the given label's CAM (``label_<name>`` columns): every one a shortcut rule reads
+#: (:mod:`pipeline.findings` judges a class by the evidence for it in its own images), and the concentration.
+LABEL_STATISTICS = ("border_focus", "corner_focus", *("corner_focus_" + c.replace("-", "_") for c in heatmaps.CORNERS),
+                    "background_attention", "background_focus", "concentration")
 
 
 def _label_statistics(stats: dict, valid: np.ndarray, out: CamBatch, labels: np.ndarray, foreground: np.ndarray,
@@ -189,8 +201,10 @@ def merge(shards: list[ShardResult]) -> ShardResult:
         pd.concat([s.table for s in full], ignore_index=True),
         np.concatenate([s.probs for s in full]),
         np.concatenate([s.cams for s in full]),
+        np.concatenate([s.label_cams for s in full]),
         [item for s in shards for item in s.skipped],
         np.concatenate([s.digests for s in full]),
         np.concatenate([s.thumbnails for s in full]),
         stages={stage: sum(s.stages.get(stage, 0.0) for s in shards) for stage in STAGES},
+        sprite_sheets=sprites.concatenate([s.sprite_sheets for s in full]),
     )

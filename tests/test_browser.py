@@ -1,16 +1,21 @@
 """The report in a real browser: headless Chromium (Debian's package), driven by Playwright."""
 
 import csv
+import io
 import shutil
 from pathlib import Path
 from urllib.parse import quote
 
+import numpy as np
 import pandas as pd
 import pytest
-from conftest import hostile_audit
+from conftest import hostile_audit, small_cnn
+from PIL import Image
 from playwright.sync_api import sync_playwright
+from test_report import nearest_pictures
 
-from pipeline import report
+from pipeline import report, samples
+from pipeline.gradcam import GradCAM
 from pipeline.review import apply_review
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -123,6 +128,28 @@ def explorer(page):
     """Wait until the explorer has loaded its data; return the sample ids of its cards, in order."""
     page.wait_for_selector("#explore.ready")
     return page.eval_on_selector_all("#explore .explore-card", "cards => cards.map(c => c.dataset.sample)")
+
+
+def test_explorer_cards_draw_the_thumbnail_their_slot_names_in_sheets_made_shard_by_shard(page_of, tmp_path):
+    open_report, problems = page_of
+    source, tables = hostile_audit(tmp_path, n=60)
+    explainer = GradCAM(small_cnn(len(source.class_names)))
+    # A first shard of 5 samples: the sixth sample's thumbnail is the first cell of the second sheet, not cell 5.
+    merged = samples.merge([samples.scan(source, [explainer], start, stop, 64) for start, stop in ((0, 5), (5, 60))])
+    page = open_report(report.write_report(tmp_path / "run", source, tables, sprite_sheets=merged.sprite_sheets))
+    ids = explorer(page)
+    pictures = "#explore .explore-card canvas[aria-label^='image ']"
+    # Drawn: from a sheet (which taints the canvas of a page from file://, so its pixels cannot be read) or grey.
+    page.wait_for_function(f"""Array.from(document.querySelectorAll("{pictures}")).every((c) => {{
+        try {{ return c.getContext("2d").getImageData(0, 0, 1, 1).data[3] > 0; }} catch (e) {{ return true; }}
+    }})""")
+    # Each 16 px thumbnail is drawn 6 times larger, pixel by pixel: the centre of each 6x6 block is its pixel.
+    drawn = [np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB"))[3::6, 3::6]
+             for canvas in page.locator(pictures).all()]
+    every_id = tables.samples["sample_id"].tolist()
+    assert len(drawn) == 24 and nearest_pictures(np.stack(drawn), source.load(every_id)) == [
+        every_id.index(sample_id) for sample_id in ids]
+    assert problems == []
 
 
 def shown_count(page) -> int:

@@ -3,6 +3,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import same_evidence
 
 from pipeline import findings, heatmaps
 from pipeline.occlusion import OcclusionResult
@@ -59,9 +60,10 @@ def table_with_corner_subpopulation(k: int, share: float = 0.3) -> tuple[pd.Data
 
 
 def build(samples, probs, occlusion=None, cams=None, thumbnails=None):
+    """The findings of a table whose given labels' CAMs are the predicted ones (and their statistics)."""
     cams = np.ones((len(samples), 4, 4), dtype=np.float32) if cams is None else cams
-    return findings.build_tables(samples, probs, cams, CLASSES, (32, 32), findings.Thresholds(), occlusion=occlusion,
-                                 thumbnails=thumbnails)
+    return findings.build_tables(same_evidence(samples), probs, cams, cams, CLASSES, (32, 32), findings.Thresholds(),
+                                 occlusion=occlusion, thumbnails=thumbnails)
 
 
 def occlusion_result(class_drop: float, others_drop: float = 0.0) -> OcclusionResult:
@@ -79,6 +81,28 @@ def test_only_the_class_drawn_to_the_border_is_flagged_with_numbers_in_its_evide
     assert evidence.endswith("no causal check was made.")
     assert classes.loc["c", "shortcut_score"] > 0.95
     assert classes.loc["a", "shortcut_score"] < 0.2
+
+
+def test_a_class_is_judged_by_the_evidence_for_its_given_label_not_for_the_class_it_is_mistaken_for():
+    samples, probs = make_table()
+    samples = same_evidence(samples)
+    # Half of class 'c' is mistaken for 'a' on the strength of the border (the predicted CAMs sit there), while the
+    # evidence for 'c' in those images is where everyone's is: no shortcut of 'c'.
+    wrong = np.flatnonzero(samples["label"] == 2)[::2]
+    samples.loc[wrong, "pred"] = 0
+    samples.loc[wrong, "border_focus"] += 0.9
+    cams = np.ones((len(samples), 4, 4), dtype=np.float32)
+    tables = findings.build_tables(samples, probs, cams, cams, CLASSES, (32, 32), findings.Thresholds())
+    assert not tables.classes["candidate"].any()
+    # The other way round: the evidence for 'c' in its images sits on the border, whatever they are predicted.
+    samples.loc[wrong, "border_focus"] -= 0.9
+    samples.loc[samples["label"] == 2, "label_border_focus"] += 0.9
+    tables = findings.build_tables(samples, probs, cams, cams, CLASSES, (32, 32), findings.Thresholds())
+    row = tables.classes.set_index("class_name").loc["c"]
+    assert tables.classes["flagged"].tolist() == [False, False, True, False]
+    assert row["region_column"] == "label_border_focus" and row["shortcut_statistic"] == "border_focus"
+    uses = tables.samples["flags"].str.contains("uses_shortcut")
+    assert uses[tables.samples["label"] == 2].mean() > 0.9 and not uses[tables.samples["label"] != 2].any()
 
 
 def test_no_class_is_flagged_when_all_classes_look_alike():
@@ -250,8 +274,10 @@ def test_thresholds_can_be_overridden_by_name_and_unknown_names_are_refused():
     assert findings.Thresholds.from_overrides(None) == findings.Thresholds()
     with pytest.raises(AuditError, match="unknown threshold"):
         findings.Thresholds.from_overrides({"min_tail": 0.4})
-    strict = findings.build_tables(*table_with_corner_subpopulation(1, share=0.3), np.ones((400, 4, 4), np.float32),
-                                   CLASSES, (32, 32), findings.Thresholds(min_tail_share=0.4))
+    samples, probs = table_with_corner_subpopulation(1, share=0.3)
+    cams = np.ones((400, 4, 4), np.float32)
+    strict = findings.build_tables(same_evidence(samples), probs, cams, cams, CLASSES, (32, 32),
+                                   findings.Thresholds(min_tail_share=0.4))
     assert not strict.classes["flagged"].any()
 
 
@@ -289,6 +315,15 @@ def test_a_class_whose_heatmaps_carry_an_interior_spot_is_flagged_for_that_spot_
     assert (margin[mine][:40] > 0).all() and (margin[mine][40:] < 0).all() and (margin[~mine] < 0).all()
     uses = tables.samples["flags"].str.contains("uses_shortcut").to_numpy()
     assert uses[mine][:40].all() and uses[mine][40:].sum() <= 6 and not uses[~mine].any()
+
+
+def test_the_hot_spot_is_found_in_the_given_labels_cams():
+    samples, probs = make_table()
+    spotted, plain = cams_with_interior_spot(samples, 2), cams_with_interior_spot(samples, 2, share=0.0)
+    for cams, label_cams, flagged in ((plain, spotted, True), (spotted, plain, False)):
+        tables = findings.build_tables(same_evidence(samples), probs, cams, label_cams, CLASSES, (32, 32),
+                                       findings.Thresholds())
+        assert tables.classes["flagged"].tolist() == [False, False, flagged, False]
 
 
 def test_heatmaps_alike_in_every_class_have_no_spot_signal():

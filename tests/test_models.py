@@ -108,6 +108,11 @@ def test_cross_fitted_samples_are_explained_by_the_model_of_their_fold(tmp_path)
         rows = result.table.index[folds[np.searchsorted(ids, result.table["sample_id"])] == k]
         expected = trained[k].model.predict(images[rows].astype(np.float32), verbose=0)
         np.testing.assert_allclose(result.probs[rows], expected, atol=1e-5)
+    # The given label's CAMs are kept beside the predicted class's: the same maps where the two classes agree.
+    right = (result.table["pred"] == result.table["label"]).to_numpy()
+    assert 0 < right.sum() < len(right)
+    np.testing.assert_array_equal(result.label_cams[right], result.cams[right])
+    assert not np.allclose(result.label_cams[~right], result.cams[~right])
 
 
 def test_a_transfer_model_builds_offline_without_weights_and_imagenet_weights_failing_say_what_to_do(monkeypatch,

@@ -1,5 +1,6 @@
 import base64
 import errno
+import io
 import json
 from pathlib import Path
 from urllib.parse import unquote
@@ -7,11 +8,13 @@ from urllib.parse import unquote
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import hostile_audit
+from conftest import hostile_audit, small_cnn
 from PIL import Image
+from prefect.serializers import PickleSerializer
 
-from pipeline import AuditError, report
+from pipeline import AuditError, fiftyone_export, report, samples, sprites
 from pipeline.config import AuditConfig
+from pipeline.gradcam import GradCAM
 
 
 def test_report_directory_holds_every_file_of_the_data_contract(tmp_path):
@@ -98,6 +101,26 @@ def column(data: dict, name: str) -> list:
     return np.frombuffer(raw, dtype={"number": "<f4", "bool": "u1"}[found["kind"]]).tolist()
 
 
+def thumbnail_cells(out: Path, images: dict) -> np.ndarray:
+    """Each sample's thumbnail (N, side, side, 3) cut from the report's sprite sheets at its slot, as the browser
+    does."""
+    side, grid = images["side"], images["grid"]
+    sheets = [np.asarray(Image.open(out / name).convert("RGB")) for name in images["sheets"]]
+    slots = np.frombuffer(base64.b64decode(images["slots"]), dtype="<u4")
+    cells = [divmod(int(slot) % grid**2, grid) for slot in slots]
+    return np.stack([sheets[slot // grid**2][row * side:(row + 1) * side, column * side:(column + 1) * side]
+                     for slot, (row, column) in zip(slots, cells, strict=True)])
+
+
+def nearest_pictures(cells: np.ndarray, pictures) -> list[int]:
+    """For each cell, the index of the picture it is closest to (mean squared error): WebP is lossy, but a
+    thumbnail is far nearer its own picture than any other."""
+    a = np.asarray(cells, dtype=float).reshape(len(cells), -1)
+    b = np.stack(pictures).astype(float).reshape(len(pictures), -1)
+    distances = (a**2).sum(1)[:, None] + (b**2).sum(1)[None] - 2 * a @ b.T
+    return distances.argmin(axis=1).tolist()
+
+
 def test_the_explorer_carries_every_sample_with_its_columns_cam_and_thumbnail(tmp_path):
     source, tables = hostile_audit(tmp_path)
     out = report.write_report(tmp_path / "run", source, tables)
@@ -114,17 +137,10 @@ def test_the_explorer_carries_every_sample_with_its_columns_cam_and_thumbnail(tm
     cams = np.frombuffer(base64.b64decode(data["cams"]["data"]), dtype="u1").reshape(30, 4, 4)
     np.testing.assert_array_equal(cams, np.load(out / "cams.npz")["cam"])
     assert len(base64.b64decode(data["colormap"])) == 256 * 3
-    # Thumbnail i is cell i of the sprite sheet: the sample's own picture, not its neighbour's (WebP is lossy).
+    # Without the shards' sheets the report makes them: each sample's cell holds its own picture.
     images = data["images"]
     assert images["kind"] == "sprites" and images["side"] == 16 and len(images["sheets"]) == 1
-    sheet = np.asarray(Image.open(out / images["sheets"][0]).convert("RGB"), dtype=float)
-    originals = [np.asarray(Image.fromarray(image).resize((16, 16)), dtype=float) for image in
-                 source.load(samples["sample_id"].tolist())]
-    grid = images["grid"]
-    for i in range(30):
-        cell = sheet[(i // grid) * 16:(i // grid + 1) * 16, (i % grid) * 16:(i % grid + 1) * 16]
-        errors = [np.abs(cell - original).mean() for original in originals]
-        assert int(np.argmin(errors)) == i
+    assert nearest_pictures(thumbnail_cells(out, images), source.load(samples["sample_id"].tolist())) == list(range(30))
 
 
 def test_link_images_points_the_explorer_at_the_dataset_files_in_place(tmp_path):
@@ -155,3 +171,83 @@ def test_a_blamed_region_is_outlined_in_cyan_at_the_picture_s_size():
     assert cyan[16, 8:24].all() and cyan[31, 8:24].all() and cyan[16:32, 8].all() and cyan[16:32, 23].all()
     assert not cyan[18:30, 10:22].any() and cyan.sum() == 4 * 15  # the contour only, inside the region
     assert (picture == 0).all()  # a copy
+
+
+# --- the explorer's thumbnails, made by the shards -------------------------------------------------------------
+
+#: Shards of unequal size: the second fills more than one sheet; each starts a sheet of its own.
+SHARDS = [(0, 5), (5, 305), (305, 600)]
+
+
+@pytest.fixture(scope="module")
+def scanned(tmp_path_factory):
+    """A 600-image folder (16x16 noise, the model's input size) scanned in :data:`SHARDS` and merged, with
+    hostile_audit's tables of the same samples in the same order."""
+    source, tables = hostile_audit(tmp_path_factory.mktemp("scanned"), n=600)
+    explainer = GradCAM(small_cnn(len(source.class_names)))
+    merged = samples.merge([samples.scan(source, [explainer], start, stop, 64) for start, stop in SHARDS])
+    assert merged.table["sample_id"].tolist() == tables.samples["sample_id"].tolist()
+    return source, tables, merged
+
+
+def test_every_explorer_slot_addresses_the_sample_s_own_thumbnail_across_shards_of_unequal_size(scanned, tmp_path):
+    source, tables, merged = scanned
+    out = report.write_report(tmp_path / "run", source, tables, sprite_sheets=merged.sprite_sheets)
+    images = explorer_data(out)["images"]
+    assert images["kind"] == "sprites" and images["side"] == 16 and len(images["sheets"]) == 1 + 2 + 2
+    slots = np.frombuffer(base64.b64decode(images["slots"]), dtype="<u4")
+    expected = np.concatenate([np.arange(5), 256 + np.arange(300), 3 * 256 + np.arange(295)])
+    np.testing.assert_array_equal(slots, expected)
+    ids = tables.samples["sample_id"].tolist()
+    assert nearest_pictures(thumbnail_cells(out, images), source.load(ids)) == list(range(600))
+
+
+def test_a_report_given_the_shards_sheets_never_decodes_the_dataset(scanned, tmp_path, monkeypatch):
+    source, tables, merged = scanned
+
+    def decoding(*args, **kwargs):
+        raise AssertionError("the report decoded the dataset")
+
+    monkeypatch.setattr(source, "batches", decoding)
+    out = report.write_report(tmp_path / "run", source, tables, sprite_sheets=merged.sprite_sheets)
+    assert len(explorer_data(out)["images"]["sheets"]) == 5
+    with pytest.raises(AssertionError, match="decoded the dataset"):
+        report.write_report(tmp_path / "again", source, tables)  # without them, it must
+
+
+def test_the_fiftyone_export_cuts_each_sample_s_own_thumbnail_by_its_slot(scanned, tmp_path):
+    source, tables, merged = scanned
+    out = report.write_report(tmp_path / "run", source, tables, sprite_sheets=merged.sprite_sheets)
+    files = fiftyone_export._thumbnail_files(fiftyone_export.read_report(out), tmp_path / "thumbs")
+    cut = [np.asarray(Image.open(path).convert("RGB")) for path in files]
+    assert nearest_pictures(np.stack(cut), source.load(tables.samples["sample_id"].tolist())) == list(range(600))
+
+
+def test_shard_sheets_survive_the_shard_result_store_and_are_skipped_for_link_images(scanned):
+    source, _, merged = scanned
+    serializer = PickleSerializer()  # what audit_shard persists its results with
+    back = serializer.loads(serializer.dumps(merged))
+    assert back.sprite_sheets.sheets == merged.sprite_sheets.sheets and back.sprite_sheets.side == 16
+    np.testing.assert_array_equal(back.sprite_sheets.slots, merged.sprite_sheets.slots)
+    explainer = GradCAM(small_cnn(len(source.class_names)))
+    linked = samples.scan(source, [explainer], 0, 10, 64, explorer_thumbnails=False)
+    assert linked.sprite_sheets is None
+    # A mix (a shard reused from a --link-images run) has no sheets: the report makes them itself.
+    assert samples.merge([linked, samples.scan(source, [explainer], 10, 20, 64)]).sprite_sheets is None
+
+
+def test_sheets_hold_the_images_resized_to_the_thumbnail_side_a_full_sheet_at_a_time():
+    coarse = np.random.default_rng(0).integers(0, 256, (300, 5, 5, 3), dtype=np.uint8)
+    images = np.repeat(np.repeat(coarse, 16, axis=1), 16, axis=2)  # 80x80 blocks: WebP keeps them nearly intact
+    writer = sprites.SheetWriter(sprites.thumbnail_side((80, 80)))
+    for start, stop in ((0, 100), (100, 250), (250, 300)):
+        writer.add(images[start:stop])
+    sheets = writer.finish()
+    assert sheets.side == 64 and len(sheets.sheets) == 2
+    np.testing.assert_array_equal(sheets.slots, np.arange(300))
+    first, last = (Image.open(io.BytesIO(sheet)) for sheet in sheets.sheets)
+    assert first.size == (16 * 64, 16 * 64) and last.size == (16 * 64, 3 * 64)  # 44 thumbnails: 3 rows
+    cells = np.asarray(last.convert("RGB"))[:64, 64:128]  # slot 257: the second cell of the second sheet
+    expected = np.asarray(Image.fromarray(images[257]).resize((64, 64), Image.Resampling.BILINEAR), dtype=float)
+    assert np.abs(cells - expected).mean() < 20
+    assert sprites.thumbnail_side((32, 32)) == 32 and sprites.thumbnail_side(None) == 64

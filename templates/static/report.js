@@ -355,8 +355,9 @@ const bytes = (base64) => {
     let cell = null;
     if (source.kind === "sprites") {
       const perSheet = source.grid * source.grid;
-      img = image(source.sheets[Math.floor(i / perSheet)]);
-      const c = i % perSheet;
+      const slot = source.slotOf[i];
+      img = image(source.sheets[Math.floor(slot / perSheet)]);
+      const c = slot % perSheet;
       cell = [(c % source.grid) * source.side, Math.floor(c / source.grid) * source.side, source.side, source.side];
     } else {
       img = image(source.files[i]);
@@ -589,6 +590,7 @@ const bytes = (base64) => {
     duplicate = bytes(data.duplicate);
     data.cams.values = bytes(data.cams.data);
     data.colormap = bytes(data.colormap);
+    if (data.images.kind === "sprites") data.images.slotOf = new Uint32Array(bytes(data.images.slots).buffer);
     buildFlags();
     const sort = form.elements.sort;
     data.columns.forEach((column) => sort.append(element("option", { value: column.name, textContent: column.name })));
