@@ -1,6 +1,6 @@
 """A whole audit from the command to the report, with a given model and a cold shard cache, stage by stage.
 
-    python benchmarks/audit_end_to_end.py [--photos 0] [--photos-small 2500] [--workers 2]
+    python benchmarks/audit_end_to_end.py [--photos 0] [--photos-small 2500] [--workers 2] [--repeats 3]
 
 1. CIFAR-10 test (10,000 JPEGs of ``../shared/datasets/cifar10``) with a CNN of the reference architecture trained
    for 3 epochs on 5,000 training images (cached under ``--work``): ``gradcam-audit run DATA --split test --model M``
@@ -19,6 +19,10 @@
    -> ``shards``), and the per-task overhead: the shards' wall seconds times the workers, minus the seconds the
    shards themselves report, per shard.
 
+With ``--repeats N``, each audit and its Grad-CAM-only time are measured N times, alternated: the figures printed
+are the run of median wall time (its stages and peak RSS) and the median Grad-CAM-only time, with every run's wall
+time beside them.
+
 Prints each run's stages and the total as a multiple of its Grad-CAM-only time. The last line is one JSON object.
 """
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -131,18 +136,39 @@ def audit_command(data: str, split: str | None, model: Path, preprocess: str, ou
             "samples": meta["results"]["samples"], "shards": meta.get("shards", [])}
 
 
+def repeated(repeats: int, audit_once, only_once) -> tuple[dict, float]:
+    """``audit_once()`` and ``only_once()`` alternated ``repeats`` times: the run of median wall time (with every
+    run's wall time in ``walls_s``) and the median Grad-CAM-only seconds."""
+    runs, onlys = [], []
+    for _ in range(repeats):
+        runs.append(audit_once())
+        onlys.append(only_once())
+    runs.sort(key=lambda run: run["wall_s"])
+    return {**runs[len(runs) // 2], "walls_s": [round(run["wall_s"], 1) for run in runs]}, statistics.median(onlys)
+
+
+def fresh_audit(data: str, split: str | None, model: Path, preprocess: str, workers: int = 0):
+    """A function that audits ``data`` from the command line into a scratch directory with an empty result store."""
+    def once() -> dict:
+        with tempfile.TemporaryDirectory(prefix="e2e-") as scratch:
+            return audit_command(data, split, model, preprocess, Path(scratch) / "report", Path(scratch) / "cache",
+                                 workers=workers)
+    return once
+
+
 def summary(name: str, run: dict, only: float) -> dict:
     t = run["timings"]
     flow = t["total_s"]
     rest = run["wall_s"] - flow
     print(f"\n{name}: {run['samples']:,} images, command to report {run['wall_s']:.1f} s, peak RSS "
           f"{run['peak_rss_mb']:,.0f} MB; Grad-CAM only (decode + engine) {only:.1f} s: "
-          f"total = {run['wall_s'] / only:.1f}x Grad-CAM only")
+          f"total = {run['wall_s'] / only:.1f}x Grad-CAM only"
+          + (f" (median of {len(run['walls_s'])}: {run['walls_s']} s)" if len(run.get("walls_s", [])) > 1 else ""))
     print(f"  start-up and report (outside the flow's timed part): {rest:.1f} s")
     print(f"  model check {t['model_s']:.1f} s, shards {t['gradcam_s']:.1f} s, findings {t['findings_s']:.1f} s, "
           f"duplicates {t['duplicates_s']:.1f} s")
     print("  inside the shards: " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in t["shard_stages_s"].items()))
-    return {"wall_s": round(run["wall_s"], 1), "gradcam_only_s": round(only, 1),
+    return {"wall_s": round(run["wall_s"], 1), "walls_s": run.get("walls_s"), "gradcam_only_s": round(only, 1),
             "multiple": round(run["wall_s"] / only, 2), "peak_rss_mb": round(run["peak_rss_mb"]), "timings": t}
 
 
@@ -171,27 +197,26 @@ def main() -> None:
     parser.add_argument("--photos-small", type=int, default=2_500)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "gradcam-audit-e2e")
     parser.add_argument("--workers", type=int, default=0, help="also the CIFAR-10 audit on this many local workers")
+    parser.add_argument("--repeats", type=int, default=1, help="measure each audit this many times (the median)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     figures = {}
 
     model = cifar_model(args.cifar, args.work)
-    with tempfile.TemporaryDirectory(prefix="e2e-") as scratch:
-        run = audit_command(str(args.cifar), "test", model, "none", Path(scratch) / "report", Path(scratch) / "cache")
-    figures["cifar10_test"] = summary("CIFAR-10 test", run, gradcam_only(str(args.cifar), "test", model, "none", 128))
+    run, only = repeated(args.repeats, fresh_audit(str(args.cifar), "test", model, "none"),
+                         lambda: gradcam_only(str(args.cifar), "test", model, "none", 128))
+    figures["cifar10_test"] = summary("CIFAR-10 test", run, only)
     if args.workers:
-        with tempfile.TemporaryDirectory(prefix="e2e-") as scratch:
-            spread = audit_command(str(args.cifar), "test", model, "none", Path(scratch) / "report",
-                                   Path(scratch) / "cache", workers=args.workers)
+        spread = fresh_audit(str(args.cifar), "test", model, "none", workers=args.workers)()
         figures[f"cifar10_test_{args.workers}_workers"] = scale_out(run, spread, args.workers)
 
     if args.photos:
         model = photo_model(args.work)
         for n in (args.photos_small, args.photos):
             folder = photo_folder(args.cats_dogs, args.work / f"photos-{n}", n)
-            with tempfile.TemporaryDirectory(prefix="e2e-") as scratch:
-                run = audit_command(str(folder), None, model, "tf", Path(scratch) / "report", Path(scratch) / "cache")
-            figures[f"photos_{n}"] = summary(f"{n:,} photos", run, gradcam_only(str(folder), None, model, "tf", 64))
+            run, only = repeated(args.repeats, fresh_audit(str(folder), None, model, "tf"),
+                                 lambda folder=folder: gradcam_only(str(folder), None, model, "tf", 64))
+            figures[f"photos_{n}"] = summary(f"{n:,} photos", run, only)
         small, large = figures[f"photos_{args.photos_small}"], figures[f"photos_{args.photos}"]
         print(f"\npeak RSS {args.photos_small:,} vs {args.photos:,} photos: {small['peak_rss_mb']:,} vs "
               f"{large['peak_rss_mb']:,} MB ({large['peak_rss_mb'] / small['peak_rss_mb'] - 1:+.0%})")

@@ -128,7 +128,7 @@ def main() -> None:
         assets = out / "assets"
         total_mb = size_mb(out.rglob("*"))
         parts = {"explorer data script": size_mb([assets / report.EXPLORER_DATA]),
-                 "sprite sheets": size_mb(assets.glob("thumbs-*.webp")),
+                 "sprite sheets": size_mb(assets.glob("thumbs-*.jpg")),
                  "samples.csv + samples.parquet + cams.npz": size_mb(
                      [out / "samples.csv", out / "samples.parquet", out / "cams.npz"])}
         parts["everything else"] = total_mb - sum(parts.values())

@@ -31,7 +31,7 @@ from .errors import AuditError
 from .findings import AuditTables
 from .foreground import estimate_foreground
 from .heatmaps import upsample
-from .sprites import SHEET_GRID, SpriteSheets, decode_sheets
+from .sprites import SHEET_GRID, SHEET_SUFFIX, SpriteSheets, decode_sheets
 
 #: Colormap of every heatmap image in the report.
 COLORMAP = "inferno"
@@ -255,13 +255,13 @@ def _explorer_column(values: pd.Series) -> dict:
 
 
 def _sprite_images(sheets: SpriteSheets, sample_ids: np.ndarray, assets: Path) -> dict:
-    """Write the sprite sheets as ``assets/thumbs-NNNN.webp`` and say where each sample's thumbnail is: cell
+    """Write the sprite sheets as ``assets/thumbs-NNNN.jpg`` and say where each sample's thumbnail is: cell
     ``slot % grid**2`` (row by row) of sheet ``slot // grid**2``."""
     if len(sheets.slots) != len(sample_ids):
         raise ValueError(f"{len(sheets.slots)} thumbnail slots for {len(sample_ids)} samples")
     files = []
     for number, sheet in enumerate(sheets.sheets):
-        name = f"thumbs-{number:04d}.webp"
+        name = f"thumbs-{number:04d}{SHEET_SUFFIX}"
         (assets / name).write_bytes(sheet)
         files.append(f"assets/{name}")
     return {"kind": "sprites", "side": sheets.side, "grid": SHEET_GRID, "sheets": files,
@@ -381,8 +381,11 @@ def _write_report_files(tmp: Path, assets: Path, source: Source, tables: AuditTa
                         history: dict | None, report_name: str, other: Source | None, link_images: bool,
                         sprite_sheets: SpriteSheets | None) -> None:
     samples, classes = tables.samples, tables.classes
-    # The parquet file keeps full precision; the CSV, for reading and spreadsheets, 4 significant digits.
-    samples.to_parquet(tmp / "samples.parquet", index=False, compression="zstd")
+    # The parquet file keeps the precision of the computation: the statistics come from float32 heatmaps (and the
+    # scores from float32 probabilities), so float32 holds all they have, at half the size. The CSV, for reading and
+    # spreadsheets, has 4 significant digits.
+    samples.astype({c: np.float32 for c in samples.columns if samples[c].dtype == np.float64}).to_parquet(
+        tmp / "samples.parquet", index=False, compression="zstd")
     samples.to_csv(tmp / "samples.csv", index=False, float_format="%.4g")
     classes.to_csv(tmp / "classes.csv", index=False, float_format="%.6g")
     pairs = tables.duplicates if tables.duplicates is not None else pd.DataFrame(columns=DUPLICATE_COLUMNS)

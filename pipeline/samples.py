@@ -18,7 +18,7 @@ from .heatmaps import upsample
 from .models import cross_fit_folds
 
 #: Bump when the columns or arrays of a shard result change: persisted shard results of older versions are not reused.
-TABLE_VERSION = 8
+TABLE_VERSION = 9
 
 
 @dataclass(frozen=True)
@@ -139,10 +139,11 @@ def scan(source: Source, explainers: list[GradCAM], start: int, stop: int, batch
                        stages=stages, sprite_sheets=None if writer is None else writer.finish())
 
 
-#: The statistics also kept for the given label's CAM (``label_<name>`` columns): every one a shortcut rule reads
-#: (:mod:`pipeline.findings` judges a class by the evidence for it in its own images), and the concentration.
-LABEL_STATISTICS = ("border_focus", "corner_focus", *("corner_focus_" + c.replace("-", "_") for c in heatmaps.CORNERS),
-                    "background_attention", "background_focus", "concentration")
+#: The statistics also kept for the given label's CAM (``label_<name>`` columns): those a shortcut rule reads
+#: (:mod:`pipeline.findings` judges a class by the evidence for it in its own images), and no other (the samples
+#: table is the largest part of a report).
+LABEL_STATISTICS = ("border_focus", *("corner_focus_" + c.replace("-", "_") for c in heatmaps.CORNERS),
+                    "background_attention", "background_focus")
 
 
 def _label_statistics(stats: dict, valid: np.ndarray, out: CamBatch, labels: np.ndarray, foreground: np.ndarray,

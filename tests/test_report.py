@@ -113,7 +113,7 @@ def thumbnail_cells(out: Path, images: dict) -> np.ndarray:
 
 
 def nearest_pictures(cells: np.ndarray, pictures) -> list[int]:
-    """For each cell, the index of the picture it is closest to (mean squared error): WebP is lossy, but a
+    """For each cell, the index of the picture it is closest to (mean squared error): JPEG is lossy, but a
     thumbnail is far nearer its own picture than any other."""
     a = np.asarray(cells, dtype=float).reshape(len(cells), -1)
     b = np.stack(pictures).astype(float).reshape(len(pictures), -1)
@@ -238,7 +238,7 @@ def test_shard_sheets_survive_the_shard_result_store_and_are_skipped_for_link_im
 
 def test_sheets_hold_the_images_resized_to_the_thumbnail_side_a_full_sheet_at_a_time():
     coarse = np.random.default_rng(0).integers(0, 256, (300, 5, 5, 3), dtype=np.uint8)
-    images = np.repeat(np.repeat(coarse, 16, axis=1), 16, axis=2)  # 80x80 blocks: WebP keeps them nearly intact
+    images = np.repeat(np.repeat(coarse, 16, axis=1), 16, axis=2)  # 80x80 blocks: JPEG keeps them nearly intact
     writer = sprites.SheetWriter(sprites.thumbnail_side((80, 80)))
     for start, stop in ((0, 100), (100, 250), (250, 300)):
         writer.add(images[start:stop])
