@@ -23,7 +23,8 @@ With ``--repeats N``, each audit and its Grad-CAM-only time are measured N times
 are the run of median wall time (its stages and peak RSS) and the median Grad-CAM-only time, with every run's wall
 time beside them.
 
-Prints each run's stages and the total as a multiple of its Grad-CAM-only time. The last line is one JSON object.
+Prints each run's stages, the total as a multiple of its Grad-CAM-only time, and the report directory's size per
+sample (and the explorer's sprite sheets'). The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from pipeline import sprites
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
@@ -132,8 +135,12 @@ def audit_command(data: str, split: str | None, model: Path, preprocess: str, ou
                           text=True)
     wall = time.perf_counter() - tick
     meta = json.loads((out / "audit.json").read_text())
+    files = [path for path in out.rglob("*") if path.is_file()]
+    sheets = [path for path in files if path.suffix == sprites.SHEET_SUFFIX]
     return {"wall_s": wall, "peak_rss_mb": int(done.stdout.split()[-1]) / 1024, "timings": meta["timings"],
-            "samples": meta["results"]["samples"], "shards": meta.get("shards", [])}
+            "samples": meta["results"]["samples"], "shards": meta.get("shards", []),
+            "report_bytes": sum(path.stat().st_size for path in files),
+            "sheet_bytes": sum(path.stat().st_size for path in sheets)}
 
 
 def repeated(repeats: int, audit_once, only_once) -> tuple[dict, float]:
@@ -168,8 +175,14 @@ def summary(name: str, run: dict, only: float) -> dict:
     print(f"  model check {t['model_s']:.1f} s, shards {t['gradcam_s']:.1f} s, findings {t['findings_s']:.1f} s, "
           f"duplicates {t['duplicates_s']:.1f} s")
     print("  inside the shards: " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in t["shard_stages_s"].items()))
+    per_sample = run["report_bytes"] / max(run["samples"], 1)
+    print(f"  report directory {run['report_bytes'] / 1e6:.1f} MB ({per_sample:,.0f} bytes per sample), of which "
+          f"the explorer's sprite sheets {run['sheet_bytes'] / 1e6:.1f} MB "
+          f"({run['sheet_bytes'] / max(run['samples'], 1):,.0f} bytes per sample)")
     return {"wall_s": round(run["wall_s"], 1), "walls_s": run.get("walls_s"), "gradcam_only_s": round(only, 1),
-            "multiple": round(run["wall_s"] / only, 2), "peak_rss_mb": round(run["peak_rss_mb"]), "timings": t}
+            "multiple": round(run["wall_s"] / only, 2), "peak_rss_mb": round(run["peak_rss_mb"]), "timings": t,
+            "report_mb": round(run["report_bytes"] / 1e6, 1), "report_bytes_per_sample": round(per_sample),
+            "sheet_bytes_per_sample": round(run["sheet_bytes"] / max(run["samples"], 1))}
 
 
 def scale_out(one: dict, spread: dict, workers: int) -> dict:

@@ -31,13 +31,16 @@ def audit(dataset: str = "demo", split: str | None = None, *, progress=None, **o
         raise AuditError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     config = AuditConfig(dataset=dataset, split=split, **options)
     apply_environment_defaults()
-    from .flows import audit_flow, start_local_server, task_runner
+    from ._server import ServerStart
+
+    server = ServerStart()  # Prefect's server starts while TensorFlow imports
+    from .flows import audit_flow, task_runner
     from .runs import check_config, default_out_dir
 
-    source = check_config(config)  # user errors surface here, before Prefect starts
+    source = check_config(config)  # user errors surface here, before the flow starts
     if config.out is None:
         config = dataclasses.replace(config, out=str(default_out_dir(source, datetime.now())))
-    start_local_server()
+    server.wait()
     runner = task_runner(config)
     flow = audit_flow if runner is None else audit_flow.with_options(task_runner=runner)
     return flow(**config.as_dict(), progress=progress)

@@ -127,7 +127,7 @@ def find_duplicates(
     min_correlation: float = DEFAULTS.min_duplicate_correlation,
     min_colour_correlation: float = DEFAULTS.min_colour_correlation,
     candidates: int = 3,
-    chunk: int = 4096,
+    chunk: int = 1024,
 ) -> pd.DataFrame:
     """Exact and near duplicate pairs within split A, or between split A and split B.
 
@@ -165,7 +165,8 @@ def find_duplicates(
     digests_a, digests_b : (N,) and (M,) pixel digests from :func:`pixel_digests`.
     min_correlation, min_colour_correlation : correlations in [-1, 1].
     candidates : nearest neighbours kept per query warp.
-    chunk : images of A handled at a time; memory is O(chunk * candidates) beyond the inputs and the index.
+    chunk : images of A handled at a time; memory is O(chunk * candidates) beyond the inputs, the index and a
+        colour layout per image of B (768 bytes); a larger chunk is no faster.
 
     Returns
     -------
@@ -365,11 +366,15 @@ def _shift_dft(n: int, span: int) -> tuple[np.ndarray, np.ndarray]:
     return along_x.astype(np.complex64), np.concatenate([along_y.real, -along_y.imag]).astype(np.float32)
 
 
-def _aligned_correlation(spectra: np.ndarray, rows: np.ndarray, grey: np.ndarray, spread: np.ndarray,
-                         columns: np.ndarray, block: int = 128) -> np.ndarray:
-    """For pairs (row of ``spectra`` (N, 10, 32, 17), column of ``grey`` (M, 32, 32) with its ``spread`` (M, 9, 9)):
-    the largest normalised cross-correlation of the row's windows with the column's image over every shift of up
-    to MAX_SHIFT pixels (P,). Computed ``block`` pairs at a time, so that the per-pair spectra stay in cache."""
+def _aligned_correlation(spectra: np.ndarray, rows: np.ndarray, thumbs: np.ndarray, columns: np.ndarray,
+                         block: int = 128) -> np.ndarray:
+    """For pairs (row of ``spectra`` (N, 10, 32, 17), column of ``thumbs`` (M, 32, 32, 3)): the largest normalised
+    cross-correlation of the row's windows with the column's detail image over every shift of up to MAX_SHIFT
+    pixels (P,). Only the columns' images that are in a pair get a detail image (memory follows the pairs, not M).
+    Computed ``block`` pairs at a time, so that the per-pair spectra stay in cache."""
+    needed, columns = np.unique(columns, return_inverse=True)
+    grey = _detail(_grey(thumbs[needed]))
+    spread = _window_spread(grey)
     span = 2 * MAX_SHIFT + 1
     along_x, along_y = _shift_dft(grey.shape[-1], span)
     best = np.zeros(len(rows), dtype=np.float32)
@@ -414,11 +419,12 @@ def _near_pairs(thumbs_a, thumbs_b, codes_a, codes_b, *, within: bool, min_corre
     empty = np.empty(0, dtype=np.intp), np.empty(0, dtype=np.intp), np.empty(0)
     if len(thumbs_a) == 0 or len(thumbs_b) == 0:
         return empty
-    grey_b = _grey(thumbs_b)
-    index = _descriptor_index(_descriptors(grey_b))
+    # Per image of B, only what every chunk of A needs is kept whole: its descriptor (in the index) and colour
+    # layout; detail images are made for the candidates of each chunk (memory O(N + M) in a few hundred bytes).
+    index = _descriptor_index(np.concatenate([_descriptors(_grey(thumbs_b[start:start + chunk]))
+                                              for start in range(0, len(thumbs_b), chunk)]))
     k = min(candidates + int(within), len(thumbs_b))  # within a split, each image finds itself too
-    colour_b, detail_b = _colour_layout(thumbs_b), _detail(grey_b)
-    spread_b = _window_spread(detail_b)
+    colour_b = _colour_layout(thumbs_b)
     found = []
     for start in range(0, len(thumbs_a), chunk):
         rows = np.arange(start, min(start + chunk, len(thumbs_a)))
@@ -439,7 +445,7 @@ def _near_pairs(thumbs_a, thumbs_b, codes_a, codes_b, *, within: bool, min_corre
         # Only the images of the chunk with a candidate left need the spectra of their windows.
         needed, i = np.unique(i[ok], return_inverse=True)
         j = j[ok]
-        r = _aligned_correlation(_window_spectra(_detail(grey_a[needed])), i, detail_b, spread_b, j)
+        r = _aligned_correlation(_window_spectra(_detail(grey_a[needed])), i, thumbs_b, j)
         i = needed[i]
         ok = r >= min_correlation
         found.append((rows[i[ok]], j[ok], r[ok]))

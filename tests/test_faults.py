@@ -242,6 +242,8 @@ def test_a_folder_with_one_class_is_refused_before_training(tmp_path):
     assert status == 2 and error_lines(output) == [
         f"gradcam-audit: error: '{folder}' has 1 class ('cat'); a classifier's audit needs at least two"]
     assert "epoch" not in output and not (tmp_path / "cache" / "models").exists()
+    # Prefect's server starts while TensorFlow imports, before this check: it is stopped with the process.
+    assert_clean_exit(run, output, tmp_path, tmp_path / "cache")
 
 
 def test_a_corrupt_model_file_is_called_corrupt(folder_and_model, tmp_path):
