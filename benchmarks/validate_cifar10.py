@@ -8,7 +8,10 @@ and one on 'ship' at (0.3, 0.7), each on ``--rate`` of the class's images in bot
 deer patch at rates 0.2 and 0.1, opacities 0.5 and 0.25, sizes 0.1 and 0.06), plus a control audit of the clean
 dataset with the same training settings, and prints one table: the planted class's rank among the classes, whether
 it is flagged, which clean classes are flagged, the sample-level AUROC and precision at k of stamped versus clean
-test images, and the precision and recall of the ``uses_shortcut`` sample flag for the stamped images. Reference
+test images, and the precision and recall of the ``uses_shortcut`` sample flag for the stamped images; side by side,
+the AUROC and the flag's precision and recall by each per-sample score: the focus on the blamed region of each
+image's given-label CAM, and its reliance on the region (the drop of its label's log-odds when the region is
+blanked, measured for a candidate). Reference
 models are cached, so a second run only audits. Reports go to ``--out`` (default: a temporary folder). The last line
 is one JSON object.
 """
@@ -89,13 +92,18 @@ def main() -> None:
     print_table(rows, [("artifact", "artifact", 66, ""), ("class", "planted_class", 6, ""), ("rank", "rank", 4, "d"),
                        ("flag", "flagged", 5, ""), ("AUROC", "sample_auroc", 6, ".3f"),
                        ("P@k", "precision_at_stamped", 5, ".3f"), ("us.P", "uses_shortcut_precision", 5, ".3f"),
-                       ("us.R", "uses_shortcut_recall", 5, ".3f"), ("acc", "accuracy", 5, ".3f"),
+                       ("us.R", "uses_shortcut_recall", 5, ".3f"), ("score", "sample_score", 8, ""),
+                       ("f.AUROC", "focus_auroc", 7, ".3f"), ("r.AUROC", "reliance_auroc", 7, ".3f"),
+                       ("f.us.P", "focus_uses_precision", 6, ".3f"), ("f.us.R", "focus_uses_recall", 6, ".3f"),
+                       ("r.us.P", "reliance_uses_precision", 6, ".3f"), ("r.us.R", "reliance_uses_recall", 6, ".3f"),
+                       ("acc", "accuracy", 5, ".3f"),
                        ("spot.ex", "spot_excess", 7, ".3f"), ("spot.lk", "spot_consistency", 7, ".2f"),
                        ("clean.ex", "max_clean_spot_excess", 8, ".3f"),
                        ("clean.lk", "max_clean_spot_consistency", 8, ".2f"),
                        ("clean classes flagged", "clean_classes_flagged", 0, "")])
-    print("spot.ex / spot.lk: the planted class's hot spot, the excess of its images peaking there and how alike they "
-          "look there; clean.ex / clean.lk: the largest of the clean classes'")
+    print("score: the audit's per-sample score (AUROC, P@k, us.); f.: by the focus on the blamed region, r.: by the "
+          "reliance on it; spot.ex / spot.lk: the planted class's hot spot, the excess of its images peaking there and "
+          "how alike they look there; clean.ex / clean.lk: the largest of the clean classes'")
     print("\nDid the model learn it? Tail share of the planted class vs the largest clean class's; within the class, "
           "median focus on the blamed region and accuracy, stamped vs clean images; SpRAy clusters per class")
     for row in rows:

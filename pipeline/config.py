@@ -41,6 +41,9 @@ class Thresholds:
     tail_quantile: float = 0.95  # "more focused than other classes' images": above this quantile of theirs
     min_tail_share: float = 0.25  # a sub-population: this share of the class above it (5x the 5% expected)
     min_occlusion_drop: float = 0.05  # blanking the region: class's label-probability loss minus the others'
+    # ... and this share of the class's images lose more evidence (log-odds) when it is blanked than the tail_quantile
+    # of the other classes' images (3x the 5% expected; below min_tail_share, so a shortcut of a fifth of a class holds)
+    min_reliance_share: float = 0.15
     spot_share: float = 0.0625  # the hot spot rule's window: a square of this share of the image (a corner square)
     # a hot spot: this many more of the class's images than of other classes' have their densest window there
     min_spot_excess: float = 0.08
@@ -82,6 +85,7 @@ THRESHOLD_RANGES = {
     "tail_quantile": (0.0, 1.0),
     "min_tail_share": (0.0, 1.0),
     "min_occlusion_drop": (-1.0, 1.0),
+    "min_reliance_share": (0.0, 1.0),
     "spot_share": (0.0, 1.0),
     "min_spot_excess": (0.0, 1.0),
     "min_spot_consistency": (-1.0, 1.0),

@@ -7,7 +7,6 @@ table and sentence is computed by the core modules, and the run's record by :mod
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -90,16 +89,30 @@ def audit_shard(spec: SourceSpec, model_paths: list[str], config: AuditConfig, s
 @task(cache_policy=NO_CACHE)
 def find(spec: SourceSpec, model_paths: list[str], config: AuditConfig, merged: samples.ShardResult,
          image_size: tuple[int, int], thresholds: Thresholds) -> findings.AuditTables:
-    """The findings, with the causal (occlusion) check of every shortcut candidate."""
-    source, explainer, table = open_source(spec), runs.explainer(config, model_paths[0]), merged.table
+    """The findings, with the causal (occlusion) check of every shortcut candidate and every sample's reliance on
+    the candidates' regions (both with each sample predicted by the model that audited it)."""
+    source, table = open_source(spec), merged.table
+    explainers = [runs.explainer(config, path) for path in model_paths]
 
     def occlude(k: int, region, population) -> occlusion.OcclusionResult:
-        return occlusion.occlusion_check(explainer, source, table["label"].to_numpy(),
+        return occlusion.occlusion_check(explainers, source, table["label"].to_numpy(),
                                          table["sample_id"].to_numpy(), k, region, size=image_size,
-                                         seed=config.seed, population=population)
+                                         batch_size=config.batch_size, seed=config.seed, population=population,
+                                         fold_seed=config.seed)
+
+    def rely(regions: dict) -> dict:
+        tick = time.perf_counter()
+        drops = occlusion.reliance(explainers, source,
+                                   table["sample_id"].to_numpy(), table["label"].to_numpy(),
+                                   table["label_prob"].to_numpy(), regions, size=image_size,
+                                   batch_size=config.batch_size, fold_seed=config.seed, seed=config.seed)
+        get_run_logger().info("reliance on the regions of %d classes (each class's images, and %d drawn from the "
+                              "split): %.1f s", len(regions), min(occlusion.MAX_OTHERS, len(table)),
+                              time.perf_counter() - tick)
+        return drops
 
     return findings.build_tables(table, merged.probs, merged.cams, merged.label_cams, source.class_names, image_size,
-                                 thresholds, occlusion=occlude, thumbnails=merged.thumbnails)
+                                 thresholds, occlusion=occlude, reliance=rely, thumbnails=merged.thumbnails)
 
 
 @task(cache_policy=NO_CACHE)
@@ -123,26 +136,6 @@ def write_report(out: Path, config: AuditConfig, tables: findings.AuditTables,
     return report.write_report(out, source, tables, gallery_size=config.gallery_size,
                                other=runs.other_training_split(config, source), link_images=config.link_images,
                                sprite_sheets=sprite_sheets)
-
-
-def start_local_server() -> None:
-    """Start Prefect's ephemeral API server now, one process at a time per Prefect home, when no server is configured.
-
-    Runs started together on a fresh Prefect home would otherwise start two servers that run the database
-    migrations of the same SQLite file at once (one fails with "duplicate column name"). A lock on
-    ``$PREFECT_HOME/.gradcam-audit-server.lock`` orders the starts; the flow then reuses this process's server
-    (Prefect keeps one per process).
-    """
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
-
-    if PREFECT_API_URL.value():  # a configured server: nothing to start
-        return
-    home = Path(PREFECT_HOME.value())
-    home.mkdir(parents=True, exist_ok=True)
-    with open(home / ".gradcam-audit-server.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        SubprocessASGIServer().start()
 
 
 def task_runner(config: AuditConfig):

@@ -40,5 +40,10 @@ def test_a_background_learnt_on_half_the_dogs_is_flagged_for_the_background_with
     dog = result.classes.set_index("class_name").loc["dog"]
     assert dog["region_kind"] == "background" and dog["region"] == "the background (true masks)"
     assert dog["status"] == "confirmed" and dog["occlusion_excess_drop"] > 0.2
-    assert figures["sample_statistic"] == "background focus" and figures["sample_auroc"] > 0.85
     assert (result.samples["mask_kind"] == "true").all()
+    # Each photo's reliance on its background (the drop of its label's log-odds when the background is grey) ranks
+    # the dogs with the planted background above every other photo better than their heatmaps' background focus.
+    assert dog["reliance_column"] == "background_reliance" and figures["sample_score"] == "reliance"
+    assert figures["sample_statistic"] == "background focus" and figures["focus_auroc"] > 0.85
+    assert figures["sample_auroc"] == figures["reliance_auroc"] > max(0.95, figures["focus_auroc"])
+    assert figures["uses_shortcut_precision"] > 0.85 and figures["uses_shortcut_recall"] > 0.6

@@ -59,11 +59,11 @@ def table_with_corner_subpopulation(k: int, share: float = 0.3) -> tuple[pd.Data
     return samples, probs
 
 
-def build(samples, probs, occlusion=None, cams=None, thumbnails=None):
+def build(samples, probs, occlusion=None, cams=None, thumbnails=None, reliance=None):
     """The findings of a table whose given labels' CAMs are the predicted ones (and their statistics)."""
     cams = np.ones((len(samples), 4, 4), dtype=np.float32) if cams is None else cams
     return findings.build_tables(same_evidence(samples), probs, cams, cams, CLASSES, (32, 32), findings.Thresholds(),
-                                 occlusion=occlusion, thumbnails=thumbnails)
+                                 occlusion=occlusion, reliance=reliance, thumbnails=thumbnails)
 
 
 def occlusion_result(class_drop: float, others_drop: float = 0.0) -> OcclusionResult:
@@ -471,3 +471,63 @@ def test_a_class_peaking_in_one_place_is_no_hot_spot_when_its_images_look_differ
     marked = build(samples, probs, cams=cams, thumbnails=thumbnails).classes.loc[2]
     assert marked["candidate"] and marked["shortcut_statistic"] == "spot_margin"
     assert marked["spot_margin_consistency"] > 0.8 and "they look alike there" in marked["evidence"]
+
+
+def test_a_flagged_class_s_samples_use_the_shortcut_when_they_look_at_the_region_and_rely_on_it():
+    samples, probs = table_with_border_class(2)  # every 'c' image but ten is drawn to the border ...
+    labels = samples["label"].to_numpy()
+    relying = (labels == 2) & (np.arange(len(labels)) % 2 == 0)  # ... but only half of them depend on it
+    looking = (labels == 2) & ~np.isin(np.arange(len(labels)), np.flatnonzero(relying)[:10])
+    samples.loc[(labels == 2) & ~looking, "border_focus"] = 0.5
+    drops = np.where(relying, 0.6, np.where(labels == 2, 0.0, np.random.default_rng(1).normal(0.0, 0.02,
+                                                                                              len(labels))))
+    asked = {}
+
+    def reliance(regions):
+        asked.update(regions)
+        return {k: drops for k in regions}
+
+    tables = build(samples, probs, occlusion=lambda k, region, population: occlusion_result(0.3), reliance=reliance)
+    assert list(asked) == [2] and (asked[2] == heatmaps.border_band(32, 32)).all()  # the region the check blanks
+    row = tables.classes.loc[2]
+    assert row["reliance_column"] == "reliance_2" and row["sample_score"] == "reliance"
+    assert row["reliance_tail_share"] == 0.5 and row["reliance_mean"] == pytest.approx(0.3, abs=0.01)
+    assert row["reliance_auroc"] == pytest.approx(0.5 + 0.5 * 0.5, abs=0.01)
+    assert (tables.samples["reliance_2"].to_numpy() == drops).all()
+    uses = tables.samples["flags"].str.contains("uses_shortcut").to_numpy()
+    assert (uses == (relying & looking)).all() and uses.sum() == 40
+    _, scores = findings.shortcut_values(tables.samples, tables.classes, 2)
+    _, focus = findings.shortcut_values(tables.samples, tables.classes, 2, "focus")
+    assert (scores == drops).all() and (focus == tables.samples["label_border_focus"].to_numpy()).all()
+    assert (findings.shortcut_tail(tables.samples, tables.classes, 2, "focus") == looking).all()
+    assert (findings.shortcut_tail(tables.samples, tables.classes, 2, "reliance") == relying).all()
+    assert "; image by image, 50% of 'c' images lose more of the evidence for their label when it is blanked " \
+        "than 95% of other classes' images (a drop of its log-odds above 0.0" in row["evidence"]
+    # Classes without a candidate have no reliance, and keep their focus as their score.
+    assert tables.classes.loc[0, "reliance_column"] == "" and tables.classes.loc[0, "sample_score"] == "focus"
+
+
+def test_a_class_whose_images_do_not_rely_on_its_region_one_by_one_is_not_flagged_whatever_its_mean_drop():
+    samples, probs = make_table()
+    samples["mask_kind"] = "true"
+    add_background_attention(samples, samples["label"] == 1, 0.5)
+    drops = np.random.default_rng(2).normal(0.0, 0.02, len(samples))
+    asked = {}
+
+    def reliance(regions):
+        asked.update(regions)
+        return {k: drops for k in regions}
+
+    tables = build(samples, probs, occlusion=lambda k, region, population: occlusion_result(0.3), reliance=reliance)
+    assert asked == {1: None}  # each image's own background, one column for every class blamed for it
+    row = tables.classes.loc[1]
+    assert row["reliance_column"] == "background_reliance"
+    assert "background_reliance" in tables.samples and "reliance_1" not in tables.samples
+    # The mean drop confirms it (0.3 more than the others), but image by image no more of its images depend on the
+    # background than chance (5% of them above the others' 95% quantile): not flagged.
+    assert row["occlusion_excess_drop"] == pytest.approx(0.3) and row["reliance_tail_share"] < 0.1
+    assert row["status"] == "not confirmed" and not row["flagged"]
+    assert row["evidence"].startswith("shortcut candidate, not confirmed:") and "excess drop of" not in row["evidence"]
+    assert row["evidence"].endswith(", fewer than 15%: its images do not bear the check out one by one, so the class "
+                                    "is not flagged.")
+    assert not tables.samples["flags"].str.contains("uses_shortcut").any()

@@ -142,7 +142,7 @@ def test_blanking_the_region_a_model_relies_on_drops_only_its_class_accuracy():
                                            progress=lambda _: None)
     corner = heatmaps.corner_regions(32, 32)[heatmaps.CORNERS.index("bottom-right")]
     planted = source.class_names.index("triangle")
-    result = occlusion.occlusion_check(GradCAM(trained.model), source, labels, ids, planted, corner, max_samples=100)
+    result = occlusion.occlusion_check([GradCAM(trained.model)], source, labels, ids, planted, corner, max_samples=100)
     assert result.samples == 100
     # Blanking the planted mark's corner costs the planted class accuracy and barely touches the others.
     assert result.excess_drop > 0.1, result

@@ -17,7 +17,9 @@ def planted_audit(n: int = 200, seed: int = 0):
     samples.loc[planted, "corner_focus_top_left"] += 3.0
     classes = pd.DataFrame({"class": range(4), "class_name": list("abcd"), "flagged": [False, True, False, False],
                             "shortcut_score": [0.1, 0.5, 0.3, 0.05], "shortcut_statistic": "corner_focus",
-                            "measured_region": "the top-left corner", "region_column": "corner_focus_top_left"})
+                            "measured_region": "the top-left corner", "region_column": "corner_focus_top_left",
+                            "region": "the top-left corner", "tail_cutoff": 1.45, "sample_score": "focus",
+                            "reliance_column": "", "reliance_cutoff": np.nan})
     return samples, classes
 
 
@@ -65,3 +67,21 @@ def test_the_hot_spot_figures_are_the_planted_class_s_and_the_largest_of_the_cle
     assert figures["max_clean_spot_excess"] == pytest.approx(0.04) and figures["max_clean_spot_consistency"] == 0.2
     control = validation.spot_figures(classes)
     assert np.isnan(control["spot_excess"]) and control["max_clean_spot_excess"] == pytest.approx(0.28)
+
+
+def test_the_figures_give_the_focus_and_the_reliance_side_by_side_and_the_score_in_force_is_the_class_s():
+    samples, classes = planted_audit()
+    planted, labels = samples["planted"].to_numpy(), samples["label"].to_numpy()
+    samples.loc[labels == 1, "corner_focus_top_left"] = 3.0  # the whole class looks at the corner ...
+    samples["reliance_1"] = np.where(planted, 0.7, 0.01 * (np.arange(len(samples)) % 5))  # ... the stamped rely on it
+    classes.loc[1, ["sample_score", "reliance_column", "reliance_cutoff"]] = ["reliance", "reliance_1", 0.045]
+    figures = validation.detection_figures(samples, classes, "b")
+    assert figures["sample_score"] == "reliance"
+    assert figures["focus_auroc"] == pytest.approx(0.5 + 0.5 * 150 / 175)  # ties with the class's clean images
+    assert figures["reliance_auroc"] == pytest.approx(1.0) and figures["sample_auroc"] == figures["reliance_auroc"]
+    assert figures["focus_uses_precision"] == 0.5 and figures["focus_uses_recall"] == 1.0
+    assert figures["reliance_uses_precision"] == 1.0 and figures["reliance_uses_recall"] == 1.0
+    assert figures["stamped_median_reliance"] == 0.7
+    classes.loc[1, "flagged"] = False  # a class not flagged flags no sample, whatever its score
+    figures = validation.detection_figures(samples, classes, "b")
+    assert figures["reliance_uses_recall"] == 0.0 and np.isnan(figures["reliance_uses_precision"])
