@@ -18,6 +18,7 @@ class ServerStart:
     did not). A no-op when a server is configured (``PREFECT_API_URL``) or this process already runs one."""
 
     def __init__(self):
+        import prefect.main  # noqa: F401  (sets up Prefect's logging, so that the server's start is logged)
         from prefect.server.api.server import SubprocessASGIServer
         from prefect.settings import PREFECT_API_URL, PREFECT_HOME
 

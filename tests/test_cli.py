@@ -157,6 +157,8 @@ def test_demo_end_to_end_flags_the_planted_class_and_only_it(tmp_path):
     assert marked["corner_focus"].median() > 2 * samples[~samples["planted"]]["corner_focus"].median()
     # The demo's own detection figures: its marked samples are the ones the audit singles out.
     assert audit["validation"]["rank"] == 1 and audit["validation"]["sample_auroc"] > 0.95
+    # ... and flags them: most marked images, and few others, use the shortcut (by their reliance on the corner).
+    assert audit["validation"]["uses_shortcut_recall"] > 0.5 and audit["validation"]["uses_shortcut_precision"] > 0.8
     assert set(pd.read_csv(report_dir / "duplicates.csv").columns) == {
         "sample_id_a", "split_a", "sample_id_b", "split_b", "similarity", "kind"}
     html = (report_dir / "index.html").read_text()
