@@ -209,7 +209,9 @@ def reliance(explainers: Sequence[GradCAM], source: Source, sample_ids: np.ndarr
                 after[k][rows[part]] = _predict(explainers, blank(images[part], region), truth[part], folds[part],
                                                 batch_size)[1]
         if background and (part := measured_background[rows]).any():
-            objects = _batch_foreground(batch, keep)[part]
+            chosen = np.zeros(len(keep), dtype=bool)
+            chosen[np.flatnonzero(keep)[part]] = True  # masks (estimated, where not true) only for measured images
+            objects = _batch_foreground(batch, chosen)
             probs = _predict(explainers, blank(images[part], ~objects, fill="grey"), truth[part], folds[part],
                              batch_size)[1]
             for k in background:
