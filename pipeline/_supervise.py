@@ -12,15 +12,22 @@ and itself only forwards signals:
   (SIGKILL): nothing of the run is left running;
 - if this process dies without a chance to forward anything (SIGKILL), the kernel sends the child SIGTERM
   (``PR_SET_PDEATHSIG``), which it treats as the first Ctrl-C.
+
+The child and everything it starts get a temporary directory of their own (``TMPDIR``), removed when the child has
+ended however it ended: TensorFlow's AutoGraph writes a ``__autograph_generated_file*.py`` per converted function and
+removes it only at a normal interpreter exit, which a killed process, or a worker process ending with ``os._exit``,
+never reaches.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 #: How long an interrupted audit may take to stop cleanly before its process group is killed.
@@ -64,8 +71,16 @@ def become_child() -> Interrupts:
 
 def run_supervised(argv: list[str]) -> int:
     """Run ``python -m pipeline *argv`` as a supervised child and return its exit status (130 when interrupted)."""
+    scratch = tempfile.mkdtemp(prefix="gradcam-audit-")
+    try:
+        return _supervise(argv, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _supervise(argv: list[str], scratch: str) -> int:
     child = subprocess.Popen([sys.executable, "-m", "pipeline", *argv], start_new_session=True,
-                             env=os.environ | {CHILD_ENV: str(os.getpid())})
+                             env=os.environ | {CHILD_ENV: str(os.getpid()), "TMPDIR": scratch})
     signals = []
 
     def forward(signum, frame):

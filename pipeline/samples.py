@@ -12,7 +12,7 @@ from . import heatmaps, sprites
 from .config import Thresholds
 from .datasets import Source
 from .duplicates import THUMBNAIL_SIZE, find_duplicates, pixel_digests, thumbnails
-from .foreground import estimate_foreground
+from .foreground import start_workers, submit_foreground
 from .gradcam import CamBatch, GradCAM
 from .heatmaps import upsample
 from .models import cross_fit_folds
@@ -39,8 +39,10 @@ class ShardResult:
 
 #: The stages of a shard timed by :func:`scan`: waiting for the source's next decoded batch (folder and tfds sources
 #: decode ahead in tf.data threads, so this is the part decoding does not hide), the Grad-CAM engine, statistics
-#: (upsampling, mass, summaries, the table), the foreground estimate, and the digests and thumbnails of duplicates
-#: with the explorer's sprite sheets.
+#: (upsampling, mass, summaries, the table), the foreground estimate (its worker processes run beside the Grad-CAM
+#: engine, :func:`pipeline.foreground.submit_foreground`: this is sending the images and waiting for the masks after
+#: the batch's Grad-CAM and statistics), and the digests and thumbnails of duplicates with the explorer's sprite
+#: sheets.
 STAGES = ("decode_s", "gradcam_s", "statistics_s", "foreground_s", "thumbnails_s")
 
 
@@ -81,24 +83,29 @@ def scan(source: Source, explainers: list[GradCAM], start: int, stop: int, batch
     size = explainers[0].image_size(source.natural_size)
     writer = sprites.SheetWriter(sprites.thumbnail_side(source.natural_size)) if explorer_thumbnails else None
     tables, probs, cams, label_cams, skipped, digests, thumbs = [], [], [], [], [], [], []
+    if not source.has_masks:
+        start_workers()  # while the first batch decodes
     stages, clock = dict.fromkeys(STAGES, 0.0), _Clock()
     for batch in source.batches(size, batch_size, start, stop):
         stages["decode_s"] += clock.lap()
         skipped.extend(batch.skipped)
         if len(batch.labels) == 0:
             continue
+        mask_kind = np.full(len(batch.labels), "none", dtype=object) if batch.mask_kind is None \
+            else batch.mask_kind.astype(object)
+        missing = mask_kind != "true"
+        # The estimate runs in worker processes beside the batch's Grad-CAM: foreground_s is the wait for it after.
+        estimate = submit_foreground(batch.images[missing]) if missing.any() else None
+        stages["foreground_s"] += clock.lap()
         folds = cross_fit_folds(batch.sample_ids, len(explainers), fold_seed) if len(explainers) > 1 else None
         out = _explain(explainers, batch.images, batch.labels, folds)
         stages["gradcam_s"] += clock.lap()
         mass, valid = heatmaps.to_mass(upsample(out.cam_pred, size))
-        mask_kind = np.full(len(batch.labels), "none", dtype=object) if batch.mask_kind is None \
-            else batch.mask_kind.astype(object)
         foreground = np.zeros((len(batch.labels), *size), dtype=bool) if batch.foreground is None \
             else batch.foreground.copy()
-        missing = mask_kind != "true"
         stages["statistics_s"] += clock.lap()
-        if missing.any():
-            foreground[missing] = estimate_foreground(batch.images[missing])
+        if estimate is not None:
+            foreground[missing] = estimate()
             mask_kind[missing] = "estimated"
         stages["foreground_s"] += clock.lap()
         stats = heatmaps.summarise(mass, foreground)

@@ -47,6 +47,10 @@ def test_findings_and_heatmaps_import_without_tensorflow():
     assert not loaded["tensorflow"] and not loaded["prefect"]
 
 
+def test_the_foreground_estimate_s_worker_processes_import_it_without_tensorflow():
+    assert not fresh_import("import pipeline.foreground")["tensorflow"]
+
+
 def test_importing_the_package_sets_no_environment_and_selects_no_plotting_backend():
     from pipeline.settings import OFFLINE_DEFAULTS
 

@@ -13,6 +13,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import tempfile
 import time
 import uuid
 import zlib
@@ -61,7 +62,9 @@ class Run:
     def __init__(self, args: list[str], cwd: Path, cache: Path, env: dict | None = None):
         self.mark = uuid.uuid4().hex
         Run.marks.append(self.mark)
-        env = os.environ | (env or {}) | {"GRADCAM_AUDIT_CACHE": str(cache), "GRADCAM_AUDIT_TEST_MARK": self.mark}
+        self.tmpdir = Path(tempfile.mkdtemp(prefix="gradcam-audit-test-"))  # the run's TMPDIR: left empty
+        env = os.environ | (env or {}) | {"GRADCAM_AUDIT_CACHE": str(cache), "GRADCAM_AUDIT_TEST_MARK": self.mark,
+                                          "TMPDIR": str(self.tmpdir)}
         self.process = subprocess.Popen([shutil.which("gradcam-audit") or "gradcam-audit", *args], cwd=cwd, env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                         process_group=0)
@@ -93,6 +96,13 @@ def error_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith("gradcam-audit:")]
 
 
+def assert_no_temporary_files(run: Run) -> None:
+    """Nothing is left in the run's TMPDIR (TensorFlow's AutoGraph files of a killed process included)."""
+    left = list(run.tmpdir.rglob("*"))
+    assert left == [], left[:5]
+    run.tmpdir.rmdir()
+
+
 def assert_clean_exit(run: Run, output: str, cwd: Path, cache: Path) -> None:
     """No traceback, no process left, no temporary file or half-written cache entry.
 
@@ -105,6 +115,7 @@ def assert_clean_exit(run: Run, output: str, cwd: Path, cache: Path) -> None:
     assert "Traceback" not in output, output[-3000:]
     time.sleep(1)
     assert marked_processes(run.mark) == []
+    assert_no_temporary_files(run)
     leftovers = [p for p in cwd.rglob("*") if ".tmp" in p.name or p.suffix == ".probe"]
     leftovers += [p for p in (cache / "models").glob("*") if ".tmp" in p.name] if (cache / "models").exists() else []
     assert leftovers == []
@@ -127,6 +138,22 @@ def test_ctrl_c_stops_the_run_within_seconds_with_one_line_and_exit_130(moment, 
     assert error_lines(output) == ["gradcam-audit: interrupted; no report was written. Shards finished so far are "
                                    "kept: the next run with the same options reuses them"]
     assert not list((tmp_path / "reports").glob("demo-*"))
+    assert_clean_exit(run, output, tmp_path, cache)
+
+
+def test_ctrl_c_during_a_folder_s_shards_also_ends_the_foreground_estimate_s_worker_processes(tmp_path):
+    folder = tiny_folder(tmp_path / "data", {"cat": [f"c{i}.png" for i in range(600)],
+                                              "dog": [f"d{i}.png" for i in range(600)]}, size=32)
+    small_cnn(num_classes=2).save(tmp_path / "model.keras")
+    cache = tmp_path / "cache"
+    run = Run(["run", str(folder), "--model", str(tmp_path / "model.keras"), "--shard-size", "100",
+               "--batch-size", "50"], tmp_path, cache)
+    run.wait_for(r"shard 2/12 done")
+    workers = [pid for pid in marked_processes(run.mark) if b"loky" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert workers, "no worker process of the foreground estimate found"  # a folder without masks: estimated
+    status, output, seconds = run.interrupt()
+    assert status == 130 and seconds < 15, (seconds, output[-2000:])
+    assert len(error_lines(output)) == 1
     assert_clean_exit(run, output, tmp_path, cache)
 
 
@@ -324,3 +351,4 @@ def test_an_audit_killed_from_outside_is_reported_in_one_line_and_its_processes_
         "gradcam-audit: error: the audit process was killed by signal 9 (SIGKILL); no report was written"]
     time.sleep(1)
     assert marked_processes(run.mark) == []  # its Prefect server went with it
+    assert_no_temporary_files(run)  # and the AutoGraph files its killed audit never removed

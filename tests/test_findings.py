@@ -507,6 +507,26 @@ def test_a_flagged_class_s_samples_use_the_shortcut_when_they_look_at_the_region
     assert tables.classes.loc[0, "reliance_column"] == "" and tables.classes.loc[0, "sample_score"] == "focus"
 
 
+@pytest.mark.parametrize(("relying_share", "flagged"), [(0.5, True), (0.3, True), (0.2, False)])
+def test_a_class_whose_images_rely_on_its_region_one_by_one_is_flagged_though_its_mean_drop_falls_short(
+        relying_share, flagged):
+    samples, probs = table_with_border_class(2)
+    labels = samples["label"].to_numpy()
+    mine = np.flatnonzero(labels == 2)
+    relying = np.isin(np.arange(len(labels)), mine[:round(relying_share * len(mine))])
+    drops = np.where(relying, 2.0, np.where(labels == 2, 0.0, np.random.default_rng(3).normal(0.0, 0.02, len(labels))))
+    tables = build(samples, probs, occlusion=lambda k, region, population: occlusion_result(0.01),
+                   reliance=lambda regions: {k: drops for k in regions})
+    row = tables.classes.loc[2]
+    assert row["occlusion_excess_drop"] == pytest.approx(0.01)  # the mean drop alone does not confirm it
+    assert row["reliance_tail_share"] == pytest.approx(relying_share, abs=0.01)
+    assert row["flagged"] == flagged and row["status"] == ("confirmed" if flagged else "not confirmed")
+    bears_out = ", at least 25%: its images bear the shortcut out one by one, although their mean confidence loses " \
+                "only 0.01 more than the other classes' (less than 0.05), so the class is flagged"
+    assert (bears_out in row["evidence"]) == flagged
+    assert row["evidence"].startswith("likely shortcut:" if flagged else "shortcut candidate, not confirmed:")
+
+
 def test_a_class_whose_images_do_not_rely_on_its_region_one_by_one_is_not_flagged_whatever_its_mean_drop():
     samples, probs = make_table()
     samples["mask_kind"] = "true"

@@ -89,3 +89,21 @@ def test_on_the_demo_shapes_the_estimate_overlaps_the_true_masks_far_better_than
 def test_tiny_images_still_get_a_mask_of_their_size(size):
     image, _ = disc_on_texture(size=size)
     assert foreground.estimate_foreground(image).shape == (1, size, size)
+
+
+def test_the_worker_processes_give_the_masks_of_the_calling_process_and_survive_a_killed_worker(monkeypatch):
+    import os
+    import signal
+
+    monkeypatch.setattr(foreground, "PROCESSES", 2)  # as on this 2-core machine, whatever the machine
+    images = np.concatenate([disc_on_texture(size=64, seed=seed)[0] for seed in range(40)])
+    inline = foreground.estimate_foreground(images)
+    assert len(images) >= foreground.MIN_POOLED
+    pool = foreground._workers()
+    assert (foreground.submit_foreground(images)() == inline).all()
+    workers = list(pool._processes)
+    assert len(workers) == 2 and os.getpid() not in workers  # it was estimated elsewhere
+    os.kill(workers[0], signal.SIGKILL)  # the out-of-memory killer, say
+    assert (foreground.submit_foreground(images)() == inline).all()  # this batch, or the next, in new workers
+    assert (foreground.submit_foreground(images)() == inline).all()
+    assert not set(foreground._workers()._processes) & set(workers)
