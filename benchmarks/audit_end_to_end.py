@@ -1,6 +1,6 @@
 """A whole audit from the command to the report, with a given model and a cold shard cache, stage by stage.
 
-    python benchmarks/audit_end_to_end.py [--photos 0] [--photos-small 2500] [--workers 2] [--repeats 3]
+    python benchmarks/audit_end_to_end.py [--photos 0] [--photos-small 2500] [--server] [--workers 2] [--repeats 3]
 
 1. CIFAR-10 test (10,000 JPEGs of ``../shared/datasets/cifar10``) with a CNN of the reference architecture trained
    for 3 epochs on 5,000 training images (cached under ``--work``): ``gradcam-audit run DATA --split test --model M``
@@ -14,7 +14,11 @@
    a MobileNetV2 (alpha 0.35, 160x160, ``weights=None``), and a folder of ``--photos-small`` photos for the peak-RSS
    comparison.
 
-3. With ``--workers 2``: the CIFAR-10 audit again on a local Dask cluster of 2 worker processes (``--workers 2``),
+3. With ``--server``: the CIFAR-10 audit again, as often, against a Prefect server that is already running
+   (``prefect server start`` with a home of its own, ``PREFECT_API_URL`` set), as a team that schedules audits runs
+   it: the audit starts no temporary server of its own.
+
+4. With ``--workers 2``: the CIFAR-10 audit again on a local Dask cluster of 2 worker processes (``--workers 2``),
    against the first run: the shards' wall seconds and the speed-up, which processes ran the shards (``audit.json``
    -> ``shards``), and the per-task overhead: the shards' wall seconds times the workers, minus the seconds the
    shards themselves report, per shard.
@@ -30,13 +34,17 @@ sample (and the explorer's sprite sheets'). The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -119,13 +127,48 @@ def gradcam_only(data: str, split: str | None, model: Path, preprocess: str, bat
     return time.perf_counter() - tick
 
 
+@contextlib.contextmanager
+def prefect_server():
+    """A Prefect server started here (``prefect server start``, with a home of its own in a scratch directory) for
+    the runs inside the block: yields the environment that points an audit at it. Stopped after."""
+    with tempfile.TemporaryDirectory(prefix="e2e-server-") as home, socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        env = {**os.environ, "PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        log = Path(home) / "server.log"
+        with open(log, "w") as out:
+            server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                       "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        url = f"http://127.0.0.1:{port}/api"
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the Prefect server did not start:\n{log.read_text()[-2000:]}")
+                time.sleep(0.5)
+            yield {"PREFECT_API_URL": url}
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+
+
 def audit_command(data: str, split: str | None, model: Path, preprocess: str, out: Path, cache: Path,
-                  workers: int = 0) -> dict:
+                  workers: int = 0, env: dict | None = None) -> dict:
     """Run the CLI in a fresh process with an empty result store; wall seconds, peak RSS (MB) and audit.json."""
     command = [sys.executable, "-m", "pipeline", "run", data, "--model", str(model), "--preprocess", preprocess,
                "--out", str(out)] + (["--split", split] if split else []) + (
                    ["--workers", str(workers)] if workers else [])
-    env = {**os.environ, "GRADCAM_AUDIT_CACHE": str(cache)}
+    env = {**os.environ, **(env or {}), "GRADCAM_AUDIT_CACHE": str(cache)}
     # A fresh intermediate process reports the largest peak RSS among its own children: this run's alone (this
     # process's RUSAGE_CHILDREN would keep the largest of every run so far).
     wrapper = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL, "
@@ -154,12 +197,13 @@ def repeated(repeats: int, audit_once, only_once) -> tuple[dict, float]:
     return {**runs[len(runs) // 2], "walls_s": [round(run["wall_s"], 1) for run in runs]}, statistics.median(onlys)
 
 
-def fresh_audit(data: str, split: str | None, model: Path, preprocess: str, workers: int = 0):
+def fresh_audit(data: str, split: str | None, model: Path, preprocess: str, workers: int = 0,
+                env: dict | None = None):
     """A function that audits ``data`` from the command line into a scratch directory with an empty result store."""
     def once() -> dict:
         with tempfile.TemporaryDirectory(prefix="e2e-") as scratch:
             return audit_command(data, split, model, preprocess, Path(scratch) / "report", Path(scratch) / "cache",
-                                 workers=workers)
+                                 workers=workers, env=env)
     return once
 
 
@@ -209,6 +253,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=0, help="also audit a folder of this many photos (25000)")
     parser.add_argument("--photos-small", type=int, default=2_500)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "gradcam-audit-e2e")
+    parser.add_argument("--server", action="store_true", help="also the CIFAR-10 audit against a running server")
     parser.add_argument("--workers", type=int, default=0, help="also the CIFAR-10 audit on this many local workers")
     parser.add_argument("--repeats", type=int, default=1, help="measure each audit this many times (the median)")
     args = parser.parse_args()
@@ -219,6 +264,10 @@ def main() -> None:
     run, only = repeated(args.repeats, fresh_audit(str(args.cifar), "test", model, "none"),
                          lambda: gradcam_only(str(args.cifar), "test", model, "none", 128))
     figures["cifar10_test"] = summary("CIFAR-10 test", run, only)
+    if args.server:
+        with prefect_server() as env:
+            run, _ = repeated(args.repeats, fresh_audit(str(args.cifar), "test", model, "none", env=env), lambda: only)
+        figures["cifar10_test_running_server"] = summary("CIFAR-10 test, a Prefect server already running", run, only)
     if args.workers:
         spread = fresh_audit(str(args.cifar), "test", model, "none", workers=args.workers)()
         figures[f"cifar10_test_{args.workers}_workers"] = scale_out(run, spread, args.workers)

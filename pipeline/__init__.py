@@ -6,10 +6,24 @@ Prefect are imported only when it is called.
 
 from __future__ import annotations
 
-from .config import AuditConfig, AuditResult
+from typing import TYPE_CHECKING
+
 from .errors import AuditError
 
+if TYPE_CHECKING:
+    from .config import AuditConfig, AuditResult
+
 __all__ = ["AuditConfig", "AuditError", "AuditResult", "audit"]
+
+
+def __getattr__(name: str):
+    # AuditConfig and AuditResult on first use: their module imports pandas, which a process importing one light
+    # module of the package (the foreground estimate's workers, pipeline._workers) does not need (about 75 MB each).
+    if name in ("AuditConfig", "AuditResult"):
+        from . import config
+
+        return getattr(config, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def audit(dataset: str = "demo", split: str | None = None, *, progress=None, **options) -> AuditResult:
@@ -23,6 +37,7 @@ def audit(dataset: str = "demo", split: str | None = None, *, progress=None, **o
     import dataclasses
     from datetime import datetime
 
+    from .config import AuditConfig
     from .settings import apply_environment_defaults
 
     known = {f.name for f in dataclasses.fields(AuditConfig)}

@@ -34,8 +34,5 @@ def quiet() -> None:
 
 
 def dask_setup(worker) -> None:  # called by distributed's preloading with the worker being started
-    from . import foreground
-
     quiet()
-    foreground.PROCESSES = 1  # the workers' shards already run side by side
     logging.getLogger("distributed.worker").addFilter(HeartbeatFailure())

@@ -16,12 +16,17 @@ and itself only forwards signals:
 The child and everything it starts get a temporary directory of their own (``TMPDIR``), removed when the child has
 ended however it ended: TensorFlow's AutoGraph writes a ``__autograph_generated_file*.py`` per converted function and
 removes it only at a normal interpreter exit, which a killed process, or a worker process ending with ``os._exit``,
-never reaches.
+never reaches. The named semaphores of the foreground estimate's worker pool (:mod:`pipeline._workers`), which its
+resource tracker unlinks unless it is killed with the group, are removed then too. Should the supervisor itself be
+killed, the child removes its temporary directory as it exits.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import ctypes
+import glob
 import os
 import shutil
 import signal
@@ -60,6 +65,7 @@ def become_child() -> Interrupts:
     """In the child: SIGINT and SIGTERM interrupt the audit, and so does the supervisor's death (Linux), also if it
     already happened. Returns the handler, which says whether an interrupt came."""
     interrupts = Interrupts()
+    atexit.register(remove_scratch_if_orphaned)  # first registered, so run last: after AutoGraph removes its files
     signal.signal(signal.SIGINT, interrupts)
     signal.signal(signal.SIGTERM, interrupts)
     if sys.platform.startswith("linux"):
@@ -72,13 +78,6 @@ def become_child() -> Interrupts:
 def run_supervised(argv: list[str]) -> int:
     """Run ``python -m pipeline *argv`` as a supervised child and return its exit status (130 when interrupted)."""
     scratch = tempfile.mkdtemp(prefix="gradcam-audit-")
-    try:
-        return _supervise(argv, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _supervise(argv: list[str], scratch: str) -> int:
     child = subprocess.Popen([sys.executable, "-m", "pipeline", *argv], start_new_session=True,
                              env=os.environ | {CHILD_ENV: str(os.getpid()), "TMPDIR": scratch})
     signals = []
@@ -102,13 +101,16 @@ def _supervise(argv: list[str], scratch: str) -> int:
             except subprocess.TimeoutExpired:
                 if signals and time.monotonic() - signals[0] > GRACE_SECONDS:
                     forward(signal.SIGTERM, None)
-    finally:
+        # Whatever the child left behind (a server, a Dask worker's server) goes with its group, and what the group
+        # could not remove for being killed with it goes after.
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        _remove_leftovers(child.pid, scratch)
+    finally:  # a further Ctrl-C during the clean-up is forwarded (to no one), not raised
         for s, handler in previous.items():
             signal.signal(s, handler)
-    try:  # whatever the child left behind (a server, a Dask worker's server) goes with its group
-        os.killpg(child.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
     if signals and status != 0:  # an audit that finished while being interrupted keeps its success
         if status not in (130, 2):
             print("gradcam-audit: interrupted; no report was written", file=sys.stderr)
@@ -118,3 +120,22 @@ def _supervise(argv: list[str], scratch: str) -> int:
               f"({signal.Signals(-status).name}); no report was written", file=sys.stderr)
         return 128 - status
     return status
+
+
+def _remove_leftovers(child: int, scratch: str) -> None:
+    """The child's temporary directory, and the named semaphores of its foreground workers' executor (loky names them
+    ``/dev/shm/sem.loky-<pid>-*``; its resource tracker, killed with the group, would have unlinked them)."""
+    for _ in range(3):  # a process of the group dying just now may still write a file
+        shutil.rmtree(scratch, ignore_errors=True)
+        if not os.path.exists(scratch):
+            break
+        time.sleep(0.2)
+    for semaphore in glob.glob(f"/dev/shm/sem.loky-{child}-*"):
+        with contextlib.suppress(OSError):
+            os.unlink(semaphore)
+
+
+def remove_scratch_if_orphaned() -> None:
+    """At the child's exit: its temporary directory, if the supervisor that would have removed it is gone."""
+    if str(os.getppid()) != os.environ.get(CHILD_ENV) and "gradcam-audit-" in os.environ.get("TMPDIR", ""):
+        shutil.rmtree(os.environ["TMPDIR"], ignore_errors=True)

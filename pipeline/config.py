@@ -44,6 +44,9 @@ class Thresholds:
     # ... and this share of the class's images lose more evidence (log-odds) when it is blanked than the tail_quantile
     # of the other classes' images (3x the 5% expected; below min_tail_share, so a shortcut of a fifth of a class holds)
     min_reliance_share: float = 0.15
+    # ... and a candidate whose mean drop falls short is confirmed when this share of its images do (5x the 5%
+    # expected; at least min_reliance_share)
+    min_reliance_confirm_share: float = 0.25
     spot_share: float = 0.0625  # the hot spot rule's window: a square of this share of the image (a corner square)
     # a hot spot: this many more of the class's images than of other classes' have their densest window there
     min_spot_excess: float = 0.08
@@ -57,6 +60,9 @@ class Thresholds:
             value = getattr(self, name)
             if not low <= value <= high:
                 raise AuditError(f"threshold {name} must be in [{low}, {high}], got {value}")
+        if self.min_reliance_confirm_share < self.min_reliance_share:  # a share between them would be both
+            raise AuditError(f"threshold min_reliance_confirm_share ({self.min_reliance_confirm_share}) must be at "
+                             f"least min_reliance_share ({self.min_reliance_share})")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -86,6 +92,7 @@ THRESHOLD_RANGES = {
     "min_tail_share": (0.0, 1.0),
     "min_occlusion_drop": (-1.0, 1.0),
     "min_reliance_share": (0.0, 1.0),
+    "min_reliance_confirm_share": (0.0, 1.0),
     "spot_share": (0.0, 1.0),
     "min_spot_excess": (0.0, 1.0),
     "min_spot_consistency": (-1.0, 1.0),

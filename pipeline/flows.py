@@ -28,7 +28,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
-from . import findings, models, occlusion, report, runs, samples, sprites, validation
+from . import _workers, findings, models, occlusion, report, runs, samples, sprites, validation
 from .config import AuditConfig, AuditResult, Thresholds
 from .datasets import SourceSpec, open_source
 from .errors import AuditError, quoted
@@ -79,8 +79,11 @@ def audit_shard(spec: SourceSpec, model_paths: list[str], config: AuditConfig, s
     """
     tick = time.perf_counter()
     # Not in the cache key: a shard reused without the explorer's thumbnails has the report decode them instead.
+    # Shards on Dask workers already run side by side: there, each estimates the foreground in its own process.
+    processes = 1 if config.workers or config.dask_address else _workers.PROCESSES
     result = samples.scan(open_source(spec), [runs.explainer(config, path) for path in model_paths], start, stop,
-                          config.batch_size, fold_seed=config.seed, explorer_thumbnails=not config.link_images)
+                          config.batch_size, fold_seed=config.seed, explorer_thumbnails=not config.link_images,
+                          processes=processes)
     worker = {"start": start, "stop": stop, "host": socket.gethostname(), "pid": os.getpid(),
               "seconds": round(time.perf_counter() - tick, 3)}
     return dataclasses.replace(result, worker=worker)
@@ -255,7 +258,10 @@ def audit_flow(
     source = runs.check_config(config)  # again here: deployments start the flow without pipeline.audit()
     out_dir = Path(out) if out else runs.default_out_dir(source, datetime.now())
     with runs.reserved(out_dir):
-        return _audit(config, source, out_dir, progress)
+        try:
+            return _audit(config, source, out_dir, progress)
+        finally:
+            _workers.stop()  # the foreground estimate's worker processes, if the shards started them
 
 
 def _audit(config: AuditConfig, source, out_dir: Path, progress: Progress | None) -> AuditResult:

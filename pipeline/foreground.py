@@ -26,12 +26,6 @@ rows using the estimate say ``mask_kind = "estimated"``.
 
 from __future__ import annotations
 
-import os
-import signal
-from collections.abc import Callable
-from concurrent.futures import BrokenExecutor
-
-import loky
 import numpy as np
 from skimage.color import rgb2lab
 from skimage.segmentation import slic
@@ -49,13 +43,6 @@ SLIC_ITERATIONS = 3
 MAX_WORKING_SIZE = 48
 #: Images whose graphs are solved together: the (chunk, n, n) arrays of about 100 superpixels stay in the CPU cache.
 _CHUNK = 16
-#: :func:`submit_foreground` splits a batch across this many worker processes. The estimate is single-threaded
-#: Python and NumPy (threads were measured: the GIL wins), so in the audit's process it held one core while the other
-#: idled; in workers it runs beside the batch's Grad-CAM instead of after it. One process (here, or in a Dask worker,
-#: whose shards already run side by side) estimates in the calling process.
-PROCESSES = min(2, os.cpu_count() or 1)
-#: Batches of fewer images are estimated in the calling process: sending them costs more than it saves.
-MIN_POOLED = 32
 _OTSU_BINS = 256  # as skimage.filters.threshold_otsu
 
 
@@ -206,76 +193,25 @@ def estimate_foreground(images: np.ndarray) -> np.ndarray:
     resized back. An image of one flat colour (no contrast anywhere) has no foreground (an all-False mask).
     """
     images = np.asarray(images, dtype=np.uint8)
-    return _full_size(_masks(_working(images)), images.shape[1:3])
+    return full_size_masks(_masks(working_images(images)), images.shape[1:3])
 
 
-def submit_foreground(images: np.ndarray) -> Callable[[], np.ndarray]:
-    """Start :func:`estimate_foreground` of ``images`` in the worker processes (:data:`PROCESSES`) and return a
-    function that waits for the masks: the caller does other work meanwhile. The same masks as
-    :func:`estimate_foreground`, image for image; a batch smaller than :data:`MIN_POOLED` is estimated when the
-    masks are asked for, and so is one whose worker died (the workers are started afresh for the next batch)."""
-    images = np.asarray(images, dtype=np.uint8)
-    size, small = images.shape[1:3], _working(images)
-    pool = _workers() if len(small) >= MIN_POOLED else None
-    try:
-        futures = [pool.submit(_masks, part) for part in np.array_split(small, PROCESSES)] if pool else None
-    except BrokenExecutor:  # its workers died since it was handed out
-        futures = None
-    if futures is None:
-        return lambda: _full_size(_masks(small), size)
-
-    def masks() -> np.ndarray:
-        try:
-            found = np.concatenate([future.result() for future in futures])
-        except BrokenExecutor:  # a worker was killed (the out-of-memory killer, say): this process does it, and
-            found = _masks(small)  # the next batch gets new workers
-        return _full_size(found, size)
-
-    return masks
-
-
-#: Idle worker processes end after this many seconds (and start again when needed): an audit's shards keep them
-#: busy, and a process that audits no more does not keep them.
-IDLE_SECONDS = 10
-
-
-def _workers():
-    """The worker processes (loky's reusable executor: they are spawned, not forked from this process and its
-    TensorFlow threads, and unlike the standard library's spawned workers they do not import the main module, which
-    a script without an ``if __name__ == "__main__"`` guard would run again); None with one :data:`PROCESSES`."""
-    if PROCESSES < 2:
-        return None
-    return loky.get_reusable_executor(max_workers=PROCESSES, timeout=IDLE_SECONDS, initializer=_worker_start)
-
-
-def start_workers() -> None:
-    """Start the worker processes now (about a second each, mostly importing NumPy and scikit-image), so that they
-    are ready when the first batch's estimate is submitted."""
-    pool = _workers()
-    if pool is not None:
-        for _ in range(PROCESSES):
-            pool.submit(int)
-
-
-def _worker_start() -> None:
-    # An interrupt is the audit's to handle: it stops the workers. Small dense solves: one BLAS thread.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threadpool_limits(1)
-
-
-def _working(images: np.ndarray) -> np.ndarray:
-    """``images`` at the working size (:data:`MAX_WORKING_SIZE`)."""
+def working_images(images: np.ndarray) -> np.ndarray:
+    """uint8 ``images`` (N, H, W, 3) at the working size (:data:`MAX_WORKING_SIZE`), as :func:`estimate_foreground`
+    resizes them: the estimate of these is the same, at that size (the audit sends them to worker processes, 48 px
+    instead of the model's size)."""
     size = images.shape[1:3]
     work = tuple(min(side, MAX_WORKING_SIZE) for side in size)
     if work == size or not len(images):
         return images
-    from ._decode import resize  # TensorFlow: imported by the audit's process, never by a worker
+    from ._decode import resize  # TensorFlow: here, not on import (the estimate's worker processes never resize)
 
     return resize(images, work)
 
 
-def _full_size(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Masks at the working size back at the images' ``size``."""
+def full_size_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Masks (N, h, w) at the working size, back at the images' ``size`` (as :func:`estimate_foreground` returns
+    them)."""
     if masks.shape[1:3] == tuple(size) or not len(masks):
         return masks
     from ._decode import resize_masks

@@ -8,11 +8,10 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import pandas as pd
 
-from . import heatmaps, sprites
+from . import _workers, foreground, heatmaps, sprites
 from .config import Thresholds
 from .datasets import Source
 from .duplicates import THUMBNAIL_SIZE, find_duplicates, pixel_digests, thumbnails
-from .foreground import start_workers, submit_foreground
 from .gradcam import CamBatch, GradCAM
 from .heatmaps import upsample
 from .models import cross_fit_folds
@@ -39,10 +38,10 @@ class ShardResult:
 
 #: The stages of a shard timed by :func:`scan`: waiting for the source's next decoded batch (folder and tfds sources
 #: decode ahead in tf.data threads, so this is the part decoding does not hide), the Grad-CAM engine, statistics
-#: (upsampling, mass, summaries, the table), the foreground estimate (its worker processes run beside the Grad-CAM
-#: engine, :func:`pipeline.foreground.submit_foreground`: this is sending the images and waiting for the masks after
-#: the batch's Grad-CAM and statistics), and the digests and thumbnails of duplicates with the explorer's sprite
-#: sheets.
+#: (upsampling, mass, summaries, the table), the foreground estimate (with worker processes, :mod:`pipeline._workers`,
+#: it runs beside the batch's Grad-CAM: this is the resize to its working size, sending, and the wait for the masks
+#: after the batch's Grad-CAM and statistics), and the digests and thumbnails of duplicates with the explorer's
+#: sprite sheets.
 STAGES = ("decode_s", "gradcam_s", "statistics_s", "foreground_s", "thumbnails_s")
 
 
@@ -69,7 +68,7 @@ def _explain(explainers: list[GradCAM], images: np.ndarray, labels: np.ndarray, 
 
 
 def scan(source: Source, explainers: list[GradCAM], start: int, stop: int, batch_size: int,
-         fold_seed: int = 0, explorer_thumbnails: bool = True) -> ShardResult:
+         fold_seed: int = 0, explorer_thumbnails: bool = True, processes: int = 1) -> ShardResult:
     """Audit samples ``start`` to ``stop`` of ``source``: probabilities, CAMs and statistics per sample.
 
     With one explainer, every sample is explained by its model; with K (cross-fitting), a sample in fold k (by
@@ -78,13 +77,15 @@ def scan(source: Source, explainers: list[GradCAM], start: int, stop: int, batch
     Images reach the model at its input size. Statistics are computed on CAMs upsampled to that size and normalised
     to mass distributions; where the source gives no foreground mask for a sample it is estimated
     (:mod:`pipeline.foreground`) and the row says ``mask_kind = "estimated"``. With ``explorer_thumbnails``, the
-    images as the model saw them also go into the report explorer's sprite sheets (:mod:`pipeline.sprites`).
+    images as the model saw them also go into the report explorer's sprite sheets (:mod:`pipeline.sprites`). With
+    ``processes`` of 2 or more, each batch's foreground estimate runs in that many worker processes while this one
+    computes the batch's Grad-CAM (:mod:`pipeline._workers`).
     """
     size = explainers[0].image_size(source.natural_size)
     writer = sprites.SheetWriter(sprites.thumbnail_side(source.natural_size)) if explorer_thumbnails else None
     tables, probs, cams, label_cams, skipped, digests, thumbs = [], [], [], [], [], [], []
-    if not source.has_masks:
-        start_workers()  # while the first batch decodes
+    if not source.has_masks and batch_size >= _workers.MIN_ITEMS:
+        _workers.start(processes)  # while the first batch decodes
     stages, clock = dict.fromkeys(STAGES, 0.0), _Clock()
     for batch in source.batches(size, batch_size, start, stop):
         stages["decode_s"] += clock.lap()
@@ -94,22 +95,25 @@ def scan(source: Source, explainers: list[GradCAM], start: int, stop: int, batch
         mask_kind = np.full(len(batch.labels), "none", dtype=object) if batch.mask_kind is None \
             else batch.mask_kind.astype(object)
         missing = mask_kind != "true"
-        # The estimate runs in worker processes beside the batch's Grad-CAM: foreground_s is the wait for it after.
-        estimate = submit_foreground(batch.images[missing]) if missing.any() else None
+        # The estimate runs in worker processes beside the batch's Grad-CAM: foreground_s is the resize to its working
+        # size and the wait for it after.
+        estimate = _workers.split_map(foreground.estimate_foreground,
+                                      foreground.working_images(batch.images[missing]), processes) \
+            if missing.any() else None
         stages["foreground_s"] += clock.lap()
         folds = cross_fit_folds(batch.sample_ids, len(explainers), fold_seed) if len(explainers) > 1 else None
         out = _explain(explainers, batch.images, batch.labels, folds)
         stages["gradcam_s"] += clock.lap()
         mass, valid = heatmaps.to_mass(upsample(out.cam_pred, size))
-        foreground = np.zeros((len(batch.labels), *size), dtype=bool) if batch.foreground is None \
+        objects = np.zeros((len(batch.labels), *size), dtype=bool) if batch.foreground is None \
             else batch.foreground.copy()
         stages["statistics_s"] += clock.lap()
         if estimate is not None:
-            foreground[missing] = estimate()
+            objects[missing] = foreground.full_size_masks(estimate.result(), size)
             mask_kind[missing] = "estimated"
         stages["foreground_s"] += clock.lap()
-        stats = heatmaps.summarise(mass, foreground)
-        label_stats, label_valid = _label_statistics(stats, valid, out, batch.labels, foreground, size)
+        stats = heatmaps.summarise(mass, objects)
+        label_stats, label_valid = _label_statistics(stats, valid, out, batch.labels, objects, size)
         rows = np.arange(len(batch.labels))
         table = pd.DataFrame(
             {

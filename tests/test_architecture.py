@@ -36,7 +36,7 @@ def fresh_import(statement: str) -> dict:
     """Import in a clean interpreter and say which heavy modules came along and what changed in the environment."""
     code = (f"import os, sys; before = dict(os.environ); {statement}; import json; print(json.dumps({{"
             "'tensorflow': 'tensorflow' in sys.modules, 'prefect': 'prefect' in sys.modules, "
-            "'pyplot': 'matplotlib.pyplot' in sys.modules, "
+            "'pyplot': 'matplotlib.pyplot' in sys.modules, 'pandas': 'pandas' in sys.modules, "
             "'environ_changed': sorted(k for k in os.environ if before.get(k) != os.environ[k])}))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -47,8 +47,9 @@ def test_findings_and_heatmaps_import_without_tensorflow():
     assert not loaded["tensorflow"] and not loaded["prefect"]
 
 
-def test_the_foreground_estimate_s_worker_processes_import_it_without_tensorflow():
-    assert not fresh_import("import pipeline.foreground")["tensorflow"]
+def test_the_foreground_estimate_s_worker_processes_import_it_without_tensorflow_or_pandas():
+    loaded = fresh_import("import pipeline.foreground, pipeline._workers")  # what a worker imports (about 70 MB)
+    assert not loaded["tensorflow"] and not loaded["pandas"]
 
 
 def test_importing_the_package_sets_no_environment_and_selects_no_plotting_backend():

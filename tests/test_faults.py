@@ -6,6 +6,7 @@ the exit status, one message line, no traceback, no partial output and no proces
 afterwards.
 """
 
+import glob
 import json
 import os
 import re
@@ -45,6 +46,9 @@ def marked_processes(mark: str) -> list[int]:
 def nothing_left_running():
     """Whatever a failed test's runs left running is ended (their processes carry the session's marks)."""
     yield
+    for tmpdir in Run.tmpdirs:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    Run.tmpdirs.clear()
     for mark in Run.marks:
         for pid in marked_processes(mark):
             try:
@@ -58,11 +62,13 @@ class Run:
     """``gradcam-audit ARGS`` started as a terminal starts it; its output is read line by line."""
 
     marks: list[str] = []
+    tmpdirs: list[Path] = []
 
     def __init__(self, args: list[str], cwd: Path, cache: Path, env: dict | None = None):
         self.mark = uuid.uuid4().hex
         Run.marks.append(self.mark)
         self.tmpdir = Path(tempfile.mkdtemp(prefix="gradcam-audit-test-"))  # the run's TMPDIR: left empty
+        Run.tmpdirs.append(self.tmpdir)
         env = os.environ | (env or {}) | {"GRADCAM_AUDIT_CACHE": str(cache), "GRADCAM_AUDIT_TEST_MARK": self.mark,
                                           "TMPDIR": str(self.tmpdir)}
         self.process = subprocess.Popen([shutil.which("gradcam-audit") or "gradcam-audit", *args], cwd=cwd, env=env,
@@ -141,20 +147,36 @@ def test_ctrl_c_stops_the_run_within_seconds_with_one_line_and_exit_130(moment, 
     assert_clean_exit(run, output, tmp_path, cache)
 
 
-def test_ctrl_c_during_a_folder_s_shards_also_ends_the_foreground_estimate_s_worker_processes(tmp_path):
+def unmasked_folder_run(tmp_path: Path) -> list[str]:
+    """The arguments of an audit of a 1,200-image folder without masks (its foreground is estimated, in worker
+    processes) in 12 shards, with a given model."""
     folder = tiny_folder(tmp_path / "data", {"cat": [f"c{i}.png" for i in range(600)],
                                               "dog": [f"d{i}.png" for i in range(600)]}, size=32)
     small_cnn(num_classes=2).save(tmp_path / "model.keras")
+    return ["run", str(folder), "--model", str(tmp_path / "model.keras"), "--shard-size", "100", "--batch-size", "50"]
+
+
+def test_ctrl_c_during_a_folder_s_shards_also_ends_the_foreground_estimate_s_worker_processes(tmp_path):
     cache = tmp_path / "cache"
-    run = Run(["run", str(folder), "--model", str(tmp_path / "model.keras"), "--shard-size", "100",
-               "--batch-size", "50"], tmp_path, cache)
+    run = Run(unmasked_folder_run(tmp_path), tmp_path, cache)
     run.wait_for(r"shard 2/12 done")
-    workers = [pid for pid in marked_processes(run.mark) if b"loky" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-    assert workers, "no worker process of the foreground estimate found"  # a folder without masks: estimated
+    assert estimate_workers(run), "no worker process of the foreground estimate"  # a folder without masks: estimated
     status, output, seconds = run.interrupt()
     assert status == 130 and seconds < 15, (seconds, output[-2000:])
     assert len(error_lines(output)) == 1
     assert_clean_exit(run, output, tmp_path, cache)
+
+
+def estimate_workers(run: Run) -> list[int]:
+    """The run's worker processes of the foreground estimate (loky's)."""
+    found = []
+    for pid in marked_processes(run.mark):
+        try:
+            if b"popen_loky_posix" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:  # ended meanwhile
+            continue
+    return found
 
 
 def test_sigterm_stops_the_run_like_ctrl_c_and_the_next_run_reuses_the_finished_shards(tmp_path):
@@ -341,14 +363,16 @@ def test_a_full_disk_while_the_report_is_written_leaves_no_partial_report(folder
 
 def test_an_audit_killed_from_outside_is_reported_in_one_line_and_its_processes_ended(tmp_path):
     cache = tmp_path / "cache"
-    run = Run([*DEMO, "--epochs", "1"], tmp_path, cache)
-    run.wait_for(r"shard 2/15 done")
+    run = Run(unmasked_folder_run(tmp_path), tmp_path, cache)
+    run.wait_for(r"shard 2/12 done")
     audit = next(pid for pid in marked_processes(run.mark)
                  if b"-m\x00pipeline" in Path(f"/proc/{pid}/cmdline").read_bytes())
+    assert glob.glob(f"/dev/shm/sem.loky-{audit}-*"), "the foreground estimate's workers were not running"
     os.kill(audit, signal.SIGKILL)  # as the kernel's out-of-memory killer would
     status, output = run.finish(timeout=60)
     assert status == 137 and error_lines(output) == [
         "gradcam-audit: error: the audit process was killed by signal 9 (SIGKILL); no report was written"]
     time.sleep(1)
-    assert marked_processes(run.mark) == []  # its Prefect server went with it
+    assert marked_processes(run.mark) == []  # its Prefect server and the estimate's workers went with it
     assert_no_temporary_files(run)  # and the AutoGraph files its killed audit never removed
+    assert glob.glob(f"/dev/shm/sem.loky-{audit}-*") == []  # and the workers' semaphores

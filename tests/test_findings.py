@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from conftest import same_evidence
 
-from pipeline import findings, heatmaps
+from pipeline import AuditError, findings, heatmaps
 from pipeline.occlusion import OcclusionResult
 
 CLASSES = ("a", "b", "c", "d")
@@ -521,10 +521,16 @@ def test_a_class_whose_images_rely_on_its_region_one_by_one_is_flagged_though_it
     assert row["occlusion_excess_drop"] == pytest.approx(0.01)  # the mean drop alone does not confirm it
     assert row["reliance_tail_share"] == pytest.approx(relying_share, abs=0.01)
     assert row["flagged"] == flagged and row["status"] == ("confirmed" if flagged else "not confirmed")
-    bears_out = ", at least 25%: its images bear the shortcut out one by one, although their mean confidence loses " \
-                "only 0.01 more than the other classes' (less than 0.05), so the class is flagged"
-    assert (bears_out in row["evidence"]) == flagged
+    assert row["confirmed_by"] == ("reliance" if flagged else "")
+    bears_out = ", at least 25%: its images bear the shortcut out one by one, although the causal check's excess " \
+                "drop (0.01) is below 0.05, so the class is flagged"
+    assert (bears_out in row["evidence"]) == flagged and ("not flagged" in row["evidence"]) != flagged
     assert row["evidence"].startswith("likely shortcut:" if flagged else "shortcut candidate, not confirmed:")
+
+
+def test_a_reliance_share_that_would_both_confirm_and_refute_is_refused():
+    with pytest.raises(AuditError, match="min_reliance_confirm_share .0.2. must be at least min_reliance_share .0.3."):
+        findings.Thresholds.from_overrides({"min_reliance_share": 0.3, "min_reliance_confirm_share": 0.2})
 
 
 def test_a_class_whose_images_do_not_rely_on_its_region_one_by_one_is_not_flagged_whatever_its_mean_drop():

@@ -91,19 +91,23 @@ def test_tiny_images_still_get_a_mask_of_their_size(size):
     assert foreground.estimate_foreground(image).shape == (1, size, size)
 
 
-def test_the_worker_processes_give_the_masks_of_the_calling_process_and_survive_a_killed_worker(monkeypatch):
+def test_the_worker_processes_give_the_masks_of_the_calling_process_and_survive_a_killed_worker():
     import os
     import signal
 
-    monkeypatch.setattr(foreground, "PROCESSES", 2)  # as on this 2-core machine, whatever the machine
-    images = np.concatenate([disc_on_texture(size=64, seed=seed)[0] for seed in range(40)])
+    from pipeline import _workers
+
+    images = foreground.working_images(np.concatenate([disc_on_texture(size=96, seed=seed)[0] for seed in range(40)]))
+    assert images.shape[1:3] == (foreground.MAX_WORKING_SIZE,) * 2 and len(images) >= _workers.MIN_ITEMS
     inline = foreground.estimate_foreground(images)
-    assert len(images) >= foreground.MIN_POOLED
-    pool = foreground._workers()
-    assert (foreground.submit_foreground(images)() == inline).all()
-    workers = list(pool._processes)
-    assert len(workers) == 2 and os.getpid() not in workers  # it was estimated elsewhere
-    os.kill(workers[0], signal.SIGKILL)  # the out-of-memory killer, say
-    assert (foreground.submit_foreground(images)() == inline).all()  # this batch, or the next, in new workers
-    assert (foreground.submit_foreground(images)() == inline).all()
-    assert not set(foreground._workers()._processes) & set(workers)
+    try:
+        assert (_workers.split_map(foreground.estimate_foreground, images, 2).result() == inline).all()
+        workers = list(_workers._executor(2)._processes)
+        assert len(workers) == 2 and os.getpid() not in workers  # it was estimated elsewhere
+        os.kill(workers[0], signal.SIGKILL)  # the out-of-memory killer, say
+        # This batch (in this process, or in new workers) and the next (in new workers) are estimated all the same.
+        assert (_workers.split_map(foreground.estimate_foreground, images, 2).result() == inline).all()
+        assert (_workers.split_map(foreground.estimate_foreground, images, 2).result() == inline).all()
+        assert not set(_workers._executor(2)._processes) & set(workers)
+    finally:
+        _workers.stop()
