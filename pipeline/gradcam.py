@@ -201,7 +201,13 @@ class GradCAM:
         self._weights = METHODS[method]
         self._preprocess = preprocess or (lambda x: x)
         self.method = method
-        self._compiled = tf.function(self._explain, reduce_retracing=True)
+        # One trace per model, whatever the batch's size: cross-fitted audits and the causal check explain parts of
+        # batches of every size with each fold's model. TensorFlow counts the traces of a method's code over all its
+        # instances and warned of "retracing" when five fold models traced once each: not for this function, which
+        # its signature lets trace once (TensorFlow's own switch for that warning is private; without it, a warning).
+        signature = (tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32), tf.TensorSpec((None,), tf.int32))
+        self._compiled = tf.function(self._explain, input_signature=signature)
+        self._compiled._omit_frequent_tracing_warning = True
 
     def image_size(self, natural: tuple[int, int] | None = None) -> tuple[int, int]:
         """(H, W) at which images enter the model: its fixed input size, else ``natural``, else 224 x 224."""

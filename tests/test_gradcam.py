@@ -283,3 +283,15 @@ def test_layers_inside_a_nested_backbone_can_be_named():
     model, _ = nested_mobilenet()
     engine = GradCAM(model, layer="block_13_expand_relu")
     assert engine.explain(np.zeros((1, 64, 64, 3)), np.array([0])).cam_pred.shape == (1, 4, 4)
+
+
+def test_each_model_is_traced_once_whatever_the_batch_sizes_and_without_a_retracing_warning(caplog):
+    # Cross-fitted audits explain parts of batches of every size with each of five fold models.
+    engines = [GradCAM(small_cnn(num_classes=3)) for _ in range(5)]
+    rng = np.random.default_rng(0)
+    for n in (7, 13, 64, 1, 55, 3):
+        for engine in engines:
+            out = engine.explain(rng.random((n, 16, 16, 3)).astype(np.float32) * 255, rng.integers(0, 3, n))
+            assert out.probs.shape == (n, 3) and out.cam_label.shape[0] == n
+    assert [engine._compiled.experimental_get_tracing_count() for engine in engines] == [1] * 5
+    assert "retracing" not in caplog.text
