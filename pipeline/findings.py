@@ -148,8 +148,6 @@ def build_tables(
     scored = pd.concat([scored, pd.DataFrame({spot_column(k): spots.margins[:, k] for k in with_spot},
                                              index=scored.index)], axis=1)
     classes = class_table(scored, class_names, image_size, thresholds, spots=spots)
-    if reliance is not None:
-        choose_regions(scored, classes, label_cams, image_size, reliance, thresholds, spots)
     # A spot's column stays in the samples table only for the classes whose measured region it is.
     measured = set(classes["region_column"])
     scored = scored.drop(columns=[spot_column(k) for k in with_spot if spot_column(k) not in measured])
@@ -551,82 +549,34 @@ def class_table(
     table["shortcut_statistic"] = np.asarray(SHORTCUT_STATISTICS)[strongest]
     table["shortcut_score"] = tails[np.arange(len(table)), strongest]
     table["candidate"] = passes.any(axis=1)
-    # Every statistic that passes, the strongest first: the regions a candidate's heatmaps point at.
-    table["passing_statistics"] = [" ".join(sorted((s for s, ok in zip(SHORTCUT_STATISTICS, row, strict=True) if ok),
-                                                   key=lambda s, best=best: s != best))
-                                   for row, best in zip(passes, table["shortcut_statistic"], strict=True)]
     table["status"] = np.where(table["candidate"], "candidate", "no signal")
     table["confirmed_by"] = ""
     table["flagged"] = False
     table["true_mask_share"] = _true_mask_share(samples)
-    measured = [measured_columns(samples, k, statistic, image_size, thresholds, spots)
-                for k, statistic in zip(table["class"], table["shortcut_statistic"], strict=True)]
+    measured = []
+    for k, statistic in zip(table["class"], table["shortcut_statistic"], strict=True):
+        region = _region(samples, k, statistic, image_size, spots)
+        values, mine = _values(samples, region.column), labels == k
+        tail, cutoff = _tail(values, mine, thresholds.tail_quantile)
+        _, looks = _tail(values, mine, LOOKS_QUANTILE)
+        # The heatmap mass in the region: a focus ratio times the region's share; for the background, its attention
+        # (each image's background share differs); for a spot, the mass kept beside its margins.
+        share = np.nan if region.mask is None else float(region.mask.mean())
+        mass = (spots.masses[:, k] if region.kind == "spot" else
+                _values(samples, evidence_column("background_attention"))
+                if region.kind == "background" else values * share)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a class without samples has NaN means
+            measured.append({
+                "measured_region": region.name, "region_kind": region.kind, "measured_share": share,
+                "region_column": region.column, "region": region.name, "region_share": share,
+                "focus_mean": np.nanmean(values[mine]) if mine.any() else np.nan,
+                "tail_samples": int(tail.sum()), "tail_cutoff": cutoff, "looks_cutoff": looks,
+                "sample_score": "focus",
+                "tail_mass": np.nanmean(mass[tail]) if tail.any() else np.nan,
+                "others_mass": np.nanmean(mass[~mine]) if (~mine).any() else np.nan,
+            })
     return pd.concat([table, pd.DataFrame(measured, index=table.index)], axis=1)
-
-
-def choose_regions(samples: pd.DataFrame, classes: pd.DataFrame, cams: np.ndarray, image_size: tuple[int, int],
-                   reliance: Reliance, thresholds: Thresholds = DEFAULT_THRESHOLDS,
-                   spots: HotSpots | None = None) -> None:
-    """For each candidate whose heatmaps point at more than one region (``passing_statistics``), the region its
-    images rely on most: the one with the largest share of the class's images losing more evidence when it is
-    blanked than the ``tail_quantile`` of the other classes' images (``reliance``, as :func:`record_reliance`
-    measures it; a tie keeps the heatmaps' strongest). ``classes`` is changed in place: ``region_choice`` lists each
-    region's share (empty where there was no choice), and a class whose images rely more on another region than on
-    its strongest statistic's gets that statistic, its tail share as ``shortcut_score`` and its measured columns
-    (:func:`measured_columns`). The heatmaps say where a model looked, roughly; when they point at two places (a
-    tinted background, say, both at the border band and at the background), the model's own reliance says which one
-    it needs: on the Oxford-IIIT Pet dogs with a tinted background (README), the band had the larger tail share by
-    the heatmaps and the background by the reliance."""
-    labels = samples["label"].to_numpy()
-    classes["region_choice"] = ""
-    for row in classes.index[classes["candidate"]]:
-        options = classes.loc[row, "passing_statistics"].split()
-        if len(options) < 2:
-            continue
-        k, shares = int(classes.loc[row, "class"]), {}
-        for statistic in options:
-            trial = classes.copy()
-            trial.loc[row, "shortcut_statistic"] = statistic
-            _, region = suspected_region(samples, trial, cams, k, image_size, thresholds, spots=spots)
-            drops = np.asarray(reliance({k: region})[k], dtype=float)
-            tail, _ = _tail(drops, labels == k, thresholds.tail_quantile)
-            finite = (labels == k) & np.isfinite(drops)
-            shares[statistic] = tail.sum() / finite.sum() if finite.any() else np.nan
-        best = max(options, key=lambda statistic: np.nan_to_num(shares[statistic], nan=-1.0))
-        classes.loc[row, "region_choice"] = ", ".join(f"{STATISTIC_WORDS[s]} {shares[s]:.2f}" for s in options)
-        if best != options[0]:
-            classes.loc[row, ["shortcut_statistic", "shortcut_score"]] = [best, classes.loc[row, f"{best}_tail_share"]]
-            for column, value in measured_columns(samples, k, best, image_size, thresholds, spots).items():
-                classes.loc[row, column] = value
-
-
-def measured_columns(samples: pd.DataFrame, k: int, statistic: str, image_size: tuple[int, int],
-                     thresholds: Thresholds = DEFAULT_THRESHOLDS, spots: HotSpots | None = None) -> dict:
-    """The classes-table columns of class ``k``'s region as ``statistic`` measures it (:func:`class_table`):
-    its name, kind, share and samples column, the class's mean focus there, its tail and the cut-offs, and the
-    heatmap mass in it of the tail and of the other classes."""
-    labels = samples["label"].to_numpy()
-    region = _region(samples, k, statistic, image_size, spots)
-    values, mine = _values(samples, region.column), labels == k
-    tail, cutoff = _tail(values, mine, thresholds.tail_quantile)
-    _, looks = _tail(values, mine, LOOKS_QUANTILE)
-    # The heatmap mass in the region: a focus ratio times the region's share; for the background, its attention
-    # (each image's background share differs); for a spot, the mass kept beside its margins.
-    share = np.nan if region.mask is None else float(region.mask.mean())
-    mass = (spots.masses[:, k] if region.kind == "spot" else
-            _values(samples, evidence_column("background_attention"))
-            if region.kind == "background" else values * share)
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a class without samples has NaN means
-        return {
-            "measured_region": region.name, "region_kind": region.kind, "measured_share": share,
-            "region_column": region.column, "region": region.name, "region_share": share,
-            "focus_mean": np.nanmean(values[mine]) if mine.any() else np.nan,
-            "tail_samples": int(tail.sum()), "tail_cutoff": cutoff, "looks_cutoff": looks,
-            "sample_score": "focus",
-            "tail_mass": np.nanmean(mass[tail]) if tail.any() else np.nan,
-            "others_mass": np.nanmean(mass[~mine]) if (~mine).any() else np.nan,
-        }
 
 
 def region_words(row: dict, image_size: tuple[int, int]) -> str:
@@ -675,10 +625,6 @@ def evidence(row: dict, image_size: tuple[int, int], thresholds: Thresholds = DE
     if np.isfinite(row[f"{statistic}_ratio"]):
         sentence += f", {row[f'{statistic}_ratio']:.1f}x the other classes' median"
     sentence += f", AUROC {row[f'{statistic}_auroc']:.2f}"
-    if row.get("region_choice"):
-        sentence += (f"; its heatmaps point at more than one region, and its images rely most on this one (the share "
-                     f"of them losing more evidence there than {quantile:.0%} of other classes' images, by region: "
-                     f"{row['region_choice']})")
     if status in ("confirmed", "not confirmed"):
         action = f"filling {row['region']} with grey" if background else f"blanking {row['region']}"
         if row.get("occlusion_population") == "tail":

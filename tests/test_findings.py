@@ -557,32 +557,3 @@ def test_a_class_whose_images_do_not_rely_on_its_region_one_by_one_is_not_flagge
     assert row["evidence"].endswith(", fewer than 15%: its images do not bear the check out one by one, so the class "
                                     "is not flagged.")
     assert not tables.samples["flags"].str.contains("uses_shortcut").any()
-
-
-@pytest.mark.parametrize("relied_on", ["background", "band"])
-def test_a_class_whose_heatmaps_point_at_two_regions_is_blamed_for_the_one_its_images_rely_on(relied_on):
-    samples, probs = table_with_border_class(2)  # 'c' is drawn to the border band ...
-    samples["mask_kind"] = "true"
-    add_background_attention(samples, samples["label"] == 2, 0.5)  # ... and to the background (true masks)
-    labels = samples["label"].to_numpy()
-    noise = np.where(labels == 2, 0.0, np.random.default_rng(4).normal(0.0, 0.02, len(labels)))
-    relying = np.where(labels == 2, 2.0, noise)
-    asked = []
-
-    def reliance(regions):
-        asked.append(regions)
-        background = next(iter(regions.values())) is None
-        return {k: relying if background == (relied_on == "background") else noise for k in regions}  # 'c' alone
-
-    tables = build(samples, probs, occlusion=lambda k, region, population: occlusion_result(0.3), reliance=reliance)
-    row = tables.classes.loc[2]
-    assert row["passing_statistics"] == "border_focus background_focus"  # the band is the heatmaps' strongest ...
-    assert [list(regions) for regions in asked[:2]] == [[2], [2]]  # ... and each region was put to the model
-    expected = "background_focus" if relied_on == "background" else "border_focus"
-    assert row["shortcut_statistic"] == expected and row["flagged"]
-    assert row["region_kind"] == ("background" if relied_on == "background" else "band")
-    assert row["reliance_column"] == ("background_reliance" if relied_on == "background" else "reliance_2")
-    shares = ("0.00", "1.00") if relied_on == "background" else ("1.00", "0.00")
-    assert row["region_choice"] == f"border focus {shares[0]}, background focus {shares[1]}"
-    assert "; its heatmaps point at more than one region, and its images rely most on this one" in row["evidence"]
-    assert tables.classes.loc[0, "region_choice"] == ""  # no choice where a single region points
