@@ -1,9 +1,14 @@
+import atexit
 import os
+import shutil
 import tempfile
 
-# Before anything imports Prefect: a throwaway Prefect home and model cache, offline-friendly settings.
-os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="gradcam-audit-test-prefect-")
-os.environ["GRADCAM_AUDIT_CACHE"] = tempfile.mkdtemp(prefix="gradcam-audit-test-cache-")
+# Before anything imports Prefect: a throwaway Prefect home and model cache, offline-friendly settings. Removed at the
+# end of the session (registered first, so run last: after Prefect's temporary server has stopped).
+for variable, prefix in (("PREFECT_HOME", "gradcam-audit-test-prefect-"),
+                         ("GRADCAM_AUDIT_CACHE", "gradcam-audit-test-cache-")):
+    os.environ[variable] = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, os.environ[variable], ignore_errors=True)
 os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "false"  # nothing left to flush when the server stops
 from pipeline.settings import apply_environment_defaults  # noqa: E402
 
