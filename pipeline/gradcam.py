@@ -205,8 +205,10 @@ class GradCAM:
         # batches of every size with each fold's model. TensorFlow counts the traces of a method's code over all its
         # instances and warned of "retracing" when five fold models traced once each: not for this function, which
         # its signature lets trace once (TensorFlow's own switch for that warning is private; without it, a warning).
+        # Without AutoGraph: nothing here branches on a tensor, and AutoGraph writes the source of every function it
+        # converts to a temporary file that only a normal exit removes (a Dask worker ended by its nanny left them).
         signature = (tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32), tf.TensorSpec((None,), tf.int32))
-        self._compiled = tf.function(self._explain, input_signature=signature)
+        self._compiled = tf.function(self._explain, input_signature=signature, autograph=False)
         self._compiled._omit_frequent_tracing_warning = True
 
     def image_size(self, natural: tuple[int, int] | None = None) -> tuple[int, int]:
