@@ -8,8 +8,8 @@ gradients (:data:`METHODS`); the rest (ReLU, upsampling, normalisation) is share
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 
 import keras
 import numpy as np
@@ -244,3 +244,23 @@ class GradCAM:
             tf.convert_to_tensor(images, dtype=tf.float32), tf.convert_to_tensor(labels, dtype=tf.int32)
         )
         return CamBatch(*(output.numpy() for output in outputs))
+
+
+def explain_by_fold(explainers: Sequence[GradCAM], images: np.ndarray, labels: np.ndarray,
+                    folds: np.ndarray | None = None, batch_size: int | None = None) -> CamBatch:
+    """Grad-CAM of ``images`` (N, H, W, C) with their ``labels``, each image by the model of its fold:
+    ``explainers[folds[i]]`` (cross-fitting: the model that never saw it; None: the first model for all), in batches
+    of at most ``batch_size`` images (None: each fold's images at once). Rows as ``images``."""
+    folds = np.zeros(len(labels), dtype=int) if folds is None else np.asarray(folds)
+    step = batch_size or max(len(labels), 1)
+    parts, rows = [], []
+    for fold in np.unique(folds):
+        members = np.flatnonzero(folds == fold)
+        for start in range(0, len(members), step):
+            chunk = members[start:start + step]
+            parts.append(explainers[fold].explain(images[chunk], labels[chunk]))
+            rows.append(chunk)
+    if len(parts) <= 1:  # one model, one batch (or nothing): already in order
+        return parts[0] if parts else explainers[0].explain(images, labels)
+    order = np.argsort(np.concatenate(rows), kind="stable")
+    return CamBatch(*(np.concatenate([getattr(part, f.name) for part in parts])[order] for f in fields(CamBatch)))

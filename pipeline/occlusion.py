@@ -19,7 +19,7 @@ import numpy as np
 from . import _decode
 from .datasets import Source
 from .foreground import estimate_foreground
-from .gradcam import GradCAM
+from .gradcam import GradCAM, explain_by_fold
 from .models import cross_fit_folds
 
 #: :func:`reliance` measures every image of a class and of a draw of this many samples of the split: the other
@@ -252,11 +252,5 @@ def _predict(explainers: Sequence[GradCAM], images: np.ndarray, labels: np.ndarr
              batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """The predicted class and the probability of the given label of each image, each by the model of its fold,
     in batches of at most ``batch_size``."""
-    pred, probs = np.empty(len(labels), dtype=np.int64), np.empty(len(labels))
-    for fold in np.unique(folds):
-        part = np.flatnonzero(folds == fold)
-        for start in range(0, len(part), batch_size):
-            rows = part[start:start + batch_size]
-            out = explainers[fold].explain(images[rows], labels[rows])
-            pred[rows], probs[rows] = out.pred, out.probs[np.arange(len(rows)), labels[rows]]
-    return pred, probs
+    out = explain_by_fold(explainers, images, labels, folds, batch_size)
+    return out.pred.astype(np.int64), out.probs[np.arange(len(labels)), labels].astype(np.float64)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -12,7 +12,7 @@ from . import _workers, foreground, heatmaps, sprites
 from .config import Thresholds
 from .datasets import Source
 from .duplicates import THUMBNAIL_SIZE, find_duplicates, pixel_digests, thumbnails
-from .gradcam import CamBatch, GradCAM
+from .gradcam import CamBatch, GradCAM, explain_by_fold
 from .heatmaps import upsample
 from .models import cross_fit_folds
 
@@ -57,16 +57,6 @@ class _Clock:
         return elapsed
 
 
-def _explain(explainers: list[GradCAM], images: np.ndarray, labels: np.ndarray, folds: np.ndarray | None):
-    """Grad-CAM of a batch; with several (cross-fitted) models, each sample by the model of its fold."""
-    if folds is None:
-        return explainers[0].explain(images, labels)
-    parts = {k: explainers[k].explain(images[folds == k], labels[folds == k]) for k in np.unique(folds)}
-    order = np.argsort(np.concatenate([np.flatnonzero(folds == k) for k in parts]), kind="stable")
-    return CamBatch(*(np.concatenate([getattr(p, f.name) for p in parts.values()])[order]
-                      for f in fields(CamBatch)))
-
-
 def scan(source: Source, explainers: list[GradCAM], start: int, stop: int, batch_size: int,
          fold_seed: int = 0, explorer_thumbnails: bool = True, processes: int = 1) -> ShardResult:
     """Audit samples ``start`` to ``stop`` of ``source``: probabilities, CAMs and statistics per sample.
@@ -102,7 +92,7 @@ def scan(source: Source, explainers: list[GradCAM], start: int, stop: int, batch
             if missing.any() else None
         stages["foreground_s"] += clock.lap()
         folds = cross_fit_folds(batch.sample_ids, len(explainers), fold_seed) if len(explainers) > 1 else None
-        out = _explain(explainers, batch.images, batch.labels, folds)
+        out = explain_by_fold(explainers, batch.images, batch.labels, folds)
         stages["gradcam_s"] += clock.lap()
         mass, valid = heatmaps.to_mass(upsample(out.cam_pred, size))
         objects = np.zeros((len(batch.labels), *size), dtype=bool) if batch.foreground is None \

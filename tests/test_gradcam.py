@@ -5,7 +5,7 @@ import tensorflow as tf
 from conftest import small_cnn
 
 from pipeline import AuditError
-from pipeline.gradcam import GradCAM, find_target_layer
+from pipeline.gradcam import GradCAM, explain_by_fold, find_target_layer
 from pipeline.heatmaps import to_mass
 
 
@@ -295,3 +295,15 @@ def test_each_model_is_traced_once_whatever_the_batch_sizes_and_without_a_retrac
             assert out.probs.shape == (n, 3) and out.cam_label.shape[0] == n
     assert [engine._compiled.experimental_get_tracing_count() for engine in engines] == [1] * 5
     assert "retracing" not in caplog.text
+
+
+def test_each_image_is_explained_by_the_model_of_its_fold_in_the_order_given():
+    engines = [GradCAM(small_cnn(num_classes=3)) for _ in range(2)]
+    rng = np.random.default_rng(1)
+    images, labels = rng.random((11, 16, 16, 3)).astype(np.float32) * 255, rng.integers(0, 3, 11)
+    folds = rng.integers(0, 2, 11)
+    out = explain_by_fold(engines, images, labels, folds, batch_size=3)
+    for i in range(11):
+        alone = engines[folds[i]].explain(images[i:i + 1], labels[i:i + 1])
+        assert np.allclose(out.probs[i], alone.probs[0], atol=1e-5)
+        assert np.allclose(out.cam_label[i], alone.cam_label[0], atol=1e-4)
