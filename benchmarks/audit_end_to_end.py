@@ -218,7 +218,8 @@ def summary(name: str, run: dict, only: float) -> dict:
     print(f"  start-up and report (outside the flow's timed part): {rest:.1f} s")
     print(f"  model check {t['model_s']:.1f} s, shards {t['gradcam_s']:.1f} s, findings {t['findings_s']:.1f} s, "
           f"duplicates {t['duplicates_s']:.1f} s")
-    print("  inside the shards: " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in t["shard_stages_s"].items()))
+    print("  inside the shards: " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in t["shard_stages_s"].items())
+          + f"; outside the timed stages {t['gradcam_s'] - sum(t['shard_stages_s'].values()):.1f} s")
     per_sample = run["report_bytes"] / max(run["samples"], 1)
     print(f"  report directory {run['report_bytes'] / 1e6:.1f} MB ({per_sample:,.0f} bytes per sample), of which "
           f"the explorer's sprite sheets {run['sheet_bytes'] / 1e6:.1f} MB "

@@ -339,6 +339,7 @@ class FolderSource(Source):
             .ignore_errors()
             .batch(batch_size)
             .prefetch(2)
+            .with_options(_decode.STREAM_OPTIONS)
         )
         cursor = 0
         for images, indices in stream:
@@ -452,7 +453,7 @@ class TfdsSource(Source):
         stop = len(self) if stop is None else min(stop, len(self))
         stream = (self._dataset().skip(start).take(stop - start)
                   .map(self._decode(tuple(size)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-                  .batch(batch_size).prefetch(2))
+                  .batch(batch_size).prefetch(2).with_options(_decode.STREAM_OPTIONS))
         for images, labels, ids in stream:
             yield Batch(images.numpy(), labels.numpy().astype(np.int64), np.array([i.decode() for i in ids.numpy()]))
 
