@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ._decode import STREAM_OPTIONS
 from ._hashing import sample_hash
 from .config import PREPROCESSING, check_model_file
 from .errors import AuditError, quoted
@@ -294,12 +295,13 @@ def _fit(images: np.ndarray, labels: np.ndarray, num_classes: int, config: Train
         .map(augment if config.augment else (lambda x, y: (tf.cast(x, tf.float32), y)),
              num_parallel_calls=tf.data.AUTOTUNE)
         .batch(config.batch_size)
-        .prefetch(tf.data.AUTOTUNE)
+        .prefetch(2)
+        .with_options(STREAM_OPTIONS)
     )
     val = None
     if validation is not None:
         val = tf.data.Dataset.from_tensor_slices(validation).map(lambda x, y: (tf.cast(x, tf.float32), y))
-        val = val.batch(256)
+        val = val.batch(256).with_options(STREAM_OPTIONS)
     start = time.perf_counter()
     result = model.fit(train, epochs=config.epochs, validation_data=val, verbose=0, shuffle=False,
                        callbacks=[_ProgressCallback(config.epochs, progress)])
