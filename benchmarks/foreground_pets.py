@@ -86,10 +86,10 @@ def main() -> None:
     estimates = {"zhu2014": estimate, "all_foreground": np.ones_like(truth),
                  "centred_ellipse": centred_ellipse(len(images), size)}
 
-    trained = models.train_reference_model(
-        images, labels, int(labels.max()) + 1, cache_dir=Path(tempfile.mkdtemp()),
-        dataset_fingerprint=f"pets-{time.time()}", config=models.TrainConfig(epochs=args.epochs),
-        progress=lambda line: None)
+    with tempfile.TemporaryDirectory() as cache:
+        trained = models.train_reference_model(
+            images, labels, int(labels.max()) + 1, cache_dir=Path(cache), dataset_fingerprint=f"pets-{time.time()}",
+            config=models.TrainConfig(epochs=args.epochs), progress=lambda line: None)
     explainer = GradCAM(trained.model)
     cams = np.concatenate([explainer.explain(images[i:i + 64], labels[i:i + 64]).cam_pred
                            for i in range(0, len(images), 64)])

@@ -39,10 +39,12 @@ def main() -> None:
     print(f"loaded {len(x_train)} train and {len(x_test)} test images in {load_s:.1f} s")
     config = models.TrainConfig(epochs=args.epochs, width=args.width, batch_size=args.batch_size, seed=0)
     lines = []
-    trained = models.train_reference_model(
-        x_train, y_train, len(train.class_names), Path(tempfile.mkdtemp()), f"bench-{time.time()}", config,
-        validation=(x_test, y_test), progress=lambda line: (lines.append(line), print(line, flush=True)),
-    )
+    with tempfile.TemporaryDirectory() as cache:
+        trained = models.train_reference_model(
+            x_train, y_train, len(train.class_names), cache_dir=Path(cache), dataset_fingerprint=f"bench-{time.time()}",
+            config=config, validation=(x_test, y_test),
+            progress=lambda line: (lines.append(line), print(line, flush=True)),
+        )
     accuracy = trained.history["val_accuracy"]
     per_epoch = trained.seconds / args.epochs
     first_80 = next((i + 1 for i, a in enumerate(accuracy) if a >= 0.80), None)

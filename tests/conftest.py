@@ -3,8 +3,12 @@ import os
 import shutil
 import tempfile
 
-# Before anything imports Prefect: a throwaway Prefect home and model cache, offline-friendly settings. Removed at the
-# end of the session (registered first, so run last: after Prefect's temporary server has stopped).
+# Before anything imports Prefect: a throwaway temporary directory (what the tests, TensorFlow Datasets and the
+# runs they start write there: tfds leaves an empty one each time it looks for a dataset's metadata offline), Prefect
+# home and model cache, offline-friendly settings. Removed at the end of the session (registered first, so run last:
+# after Prefect's temporary server has stopped).
+os.environ["TMPDIR"] = tempfile.tempdir = tempfile.mkdtemp(prefix="gradcam-audit-test-tmp-")
+atexit.register(shutil.rmtree, tempfile.tempdir, ignore_errors=True)
 for variable, prefix in (("PREFECT_HOME", "gradcam-audit-test-prefect-"),
                          ("GRADCAM_AUDIT_CACHE", "gradcam-audit-test-cache-")):
     os.environ[variable] = tempfile.mkdtemp(prefix=prefix)

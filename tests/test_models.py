@@ -1,5 +1,3 @@
-import tempfile
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -130,13 +128,13 @@ def test_a_transfer_model_builds_offline_without_weights_and_imagenet_weights_fa
                                      config=models.TrainConfig(architecture="mobilenetv2", weights="imagenet"))
 
 
-def test_blanking_the_region_a_model_relies_on_drops_only_its_class_accuracy():
+def test_blanking_the_region_a_model_relies_on_drops_only_its_class_accuracy(tmp_path):
     from pipeline import heatmaps, occlusion
 
     keras.utils.set_random_seed(0)
     source = open_source(SourceSpec(split="train", train_size=600, test_size=10))
     images, labels, ids = source.arrays((32, 32))
-    trained = models.train_reference_model(images, labels, 5, cache_dir=Path(tempfile.mkdtemp()),
+    trained = models.train_reference_model(images, labels, 5, cache_dir=tmp_path,
                                            dataset_fingerprint="occlusion",
                                            config=models.TrainConfig(epochs=6, width=8, augment=False),
                                            progress=lambda _: None)
