@@ -57,5 +57,13 @@ def audit(dataset: str = "demo", split: str | None = None, *, progress=None, **o
         config = dataclasses.replace(config, out=str(default_out_dir(source, datetime.now())))
     server.wait()
     runner = task_runner(config)
-    flow = audit_flow if runner is None else audit_flow.with_options(task_runner=runner)
-    return flow(**config.as_dict(), progress=progress)
+    if runner is None:
+        return audit_flow(**config.as_dict(), progress=progress)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    # The local cluster's workers report their shards to the server started here (each would otherwise start a
+    # temporary server of its own, another process beside the audit's); a remote cluster's workers cannot reach it,
+    # and use the server PREFECT_API_URL names, if any.
+    local = {PREFECT_API_URL: server.api_url} if server.api_url and config.workers else {}
+    with temporary_settings(local):
+        return audit_flow.with_options(task_runner=runner)(**config.as_dict(), progress=progress)

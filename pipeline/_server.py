@@ -24,6 +24,8 @@ class ServerStart:
 
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        #: The started server's API, once :meth:`wait` returned; None when none was started here.
+        self.api_url: str | None = None
         if PREFECT_API_URL.value():  # a configured server: nothing to start
             return
         home = Path(PREFECT_HOME.value())
@@ -42,7 +44,9 @@ class ServerStart:
         try:
             with open(home / ".gradcam-audit-server.lock", "a") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
-                server_class().start()
+                server = server_class()
+                server.start()
+                self.api_url = server.api_url
         except BaseException as err:  # re-raised in the caller's thread by wait()
             self._error = err
 

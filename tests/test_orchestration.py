@@ -109,11 +109,14 @@ def test_a_run_that_fails_inside_its_flow_leaves_no_prefect_server_behind(tmp_pa
     assert prefect_server_pids() - before == set()
 
 
-def test_shards_run_in_dask_worker_processes_and_give_the_sequential_samples_table(tmp_path):
+def test_shards_run_in_dask_worker_processes_and_give_the_sequential_samples_table(tmp_path, capfd):
     options = {"train_size": 300, "test_size": 400, "epochs": 1}
     sequential = audit("demo", out=str(tmp_path / "sequential"), shard_size=100, **options)
+    capfd.readouterr()
     # Another shard size, so that no shard is taken from the store the sequential run filled.
     parallel = audit("demo", out=str(tmp_path / "dask"), workers=2, shard_size=50, **options)
+    # The workers (whose output is this process's) report to this process's temporary server: none starts its own.
+    assert "Starting temporary server" not in capfd.readouterr().err
     pd.testing.assert_frame_equal(sequential.samples, parallel.samples)
     assert {shard["pid"] for shard in sequential.meta["shards"]} == {os.getpid()}
     workers = {shard["pid"] for shard in parallel.meta["shards"]}
