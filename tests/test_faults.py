@@ -25,6 +25,8 @@ import pytest
 from conftest import small_cnn
 from PIL import Image
 
+from pipeline.errors import quoted
+
 pytestmark = pytest.mark.slow
 DEMO = ["demo", "--train-size", "600", "--test-size", "1500", "--shard-size", "100"]
 
@@ -234,7 +236,8 @@ def test_a_second_run_with_the_same_out_is_refused_before_its_work_and_the_first
     second = Run(args, tmp_path, tmp_path / "cache")
     status, output = second.finish()
     assert status == 2 and error_lines(output) == [
-        f"gradcam-audit: error: another run is writing the report directory '{tmp_path / 'out'}'; choose another --out"]
+        f"gradcam-audit: error: another run is writing the report directory {quoted(str(tmp_path / 'out'))}; choose "
+        "another --out"]
     assert time.monotonic() - start < 5 and "Task run" not in output  # refused before any work
     status, output = first.finish()
     assert status == 0 and (tmp_path / "out" / "index.html").is_file()
@@ -289,7 +292,7 @@ def test_a_folder_with_one_class_is_refused_before_training(tmp_path):
     run = Run(["run", str(folder)], tmp_path, tmp_path / "cache")
     status, output = run.finish()
     assert status == 2 and error_lines(output) == [
-        f"gradcam-audit: error: '{folder}' has 1 class ('cat'); a classifier's audit needs at least two"]
+        f"gradcam-audit: error: {quoted(str(folder))} has 1 class ('cat'); a classifier's audit needs at least two"]
     assert "epoch" not in output and not (tmp_path / "cache" / "models").exists()
     # Prefect's server starts while TensorFlow imports, before this check: it is stopped with the process.
     assert_clean_exit(run, output, tmp_path, tmp_path / "cache")
@@ -301,8 +304,8 @@ def test_a_corrupt_model_file_is_called_corrupt(folder_and_model, tmp_path):
     broken.write_bytes(model.read_bytes()[:2000])
     status, output = Run(["run", str(folder), "--model", str(broken)], tmp_path, tmp_path / "cache").finish()
     assert status == 2 and error_lines(output) == [
-        f"gradcam-audit: error: model file '{broken}' is corrupt: a .keras file is a zip archive and this one is not "
-        "(truncated, or not saved by Keras)"]
+        f"gradcam-audit: error: model file {quoted(str(broken))} is corrupt: a .keras file is a zip archive and "
+        "this one is not (truncated, or not saved by Keras)"]
 
 
 def test_a_bad_cron_is_refused_before_the_server_is_looked_for(tmp_path):
