@@ -28,7 +28,7 @@ from _tables import print_table
 
 from pipeline import audit
 from pipeline.artifacts import Artifact
-from pipeline.validation import spot_figures
+from pipeline.validation import spot_figures, transplant_figures
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10"
 PLANTS = (
@@ -85,7 +85,7 @@ def main() -> None:
                  "clean_classes_flagged": clean.flagged_classes, "accuracy": clean.meta["results"]["accuracy"],
                  "seconds": time.perf_counter() - start, "spray_clusters": spray_clusters(clean.classes),
                  "max_clean_tail_share": float(clean.classes["shortcut_score"].max()),
-                 **spot_figures(clean.classes)})
+                 **spot_figures(clean.classes), **transplant_figures(clean.classes)})
 
     print(f"\nCIFAR-10, reference CNN trained on {args.train_limit} planted train images for {args.epochs} epochs; "
           f"test split audited ({len(clean.samples):,} images); artifact on {args.rate:.0%} of the class's images")
@@ -100,10 +100,14 @@ def main() -> None:
                        ("spot.ex", "spot_excess", 7, ".3f"), ("spot.lk", "spot_consistency", 7, ".2f"),
                        ("clean.ex", "max_clean_spot_excess", 8, ".3f"),
                        ("clean.lk", "max_clean_spot_consistency", 8, ".2f"),
+                       ("by", "confirmed_by", 10, ""), ("tr.ex", "transplant_excess", 6, ".2f"),
+                       ("clean.tr", "max_clean_transplant_excess", 8, ".2f"),
                        ("clean classes flagged", "clean_classes_flagged", 0, "")])
     print("score: the audit's per-sample score (AUROC, P@k, us.); f.: by the focus on the blamed region, r.: by the "
           "reliance on it; spot.ex / spot.lk: the planted class's hot spot, the excess of its images peaking there and "
-          "how alike they look there; clean.ex / clean.lk: the largest of the clean classes'")
+          "how alike they look there; clean.ex / clean.lk: the largest of the clean classes'; by: what confirmed the "
+          "planted class (occlusion, reliance, transplant); tr.ex / clean.tr: the transplant check's excess, the "
+          "planted class's and the largest of the clean classes' checked")
     print("\nDid the model learn it? Tail share of the planted class vs the largest clean class's; within the class, "
           "median focus on the blamed region and accuracy, stamped vs clean images; SpRAy clusters per class")
     for row in rows:

@@ -136,7 +136,8 @@ def main() -> None:
                        ("p.AUROC", "probability_drop_auroc", 7, ".3f"),
                        ("p.us.P", "probability_uses_precision", 6, ".3f"),
                        ("p.us.R", "probability_uses_recall", 6, ".3f"),
-                       ("acc", "accuracy", 5, ".3f"), ("clean classes flagged", "clean_classes_flagged", 22, ""),
+                       ("acc", "accuracy", 5, ".3f"), ("by", "confirmed_by", 10, ""),
+                       ("clean classes flagged", "clean_classes_flagged", 22, ""),
                        ("region", "region", 0, "")])
     print("AUROC, us.P, us.R: the audit's per-sample score (score) and its uses_shortcut flag, stamped vs clean; "
           "f.: the blamed region's statistic from each image's given-label CAM (its focus); r.: each image's "

@@ -328,9 +328,10 @@ def _planted_options(options: dict) -> dict:
 
 def _print_detection(figures: dict) -> None:
     clean = ", ".join(figures["clean_classes_flagged"]) or "none"
+    flagged = "NOT flagged" if not figures["flagged"] else (
+        f"flagged (confirmed by {figures['confirmed_by']})" if figures.get("confirmed_by") else "flagged")
     print(f"planted class {figures['planted_class']!r} ({figures['stamped_samples']} stamped audited images): "
-          f"rank {figures['rank']}, {'flagged' if figures['flagged'] else 'NOT flagged'}; clean classes flagged: "
-          f"{clean}")
+          f"rank {figures['rank']}, {flagged}; clean classes flagged: {clean}")
     print(f"sample level ({figures['sample_statistic']}, {figures['suspected_region']}): AUROC "
           f"{figures['sample_auroc']:.3f} stamped vs "
           f"clean ({figures['sample_auroc_within_class']:.3f} within the class); precision at "

@@ -47,11 +47,15 @@ class Thresholds:
     # ... and a candidate whose mean drop falls short is confirmed when this share of its images do (5x the 5%
     # expected; at least min_reliance_share)
     min_reliance_confirm_share: float = 0.25
+    # ... or when pasting the region from its images into other classes' images makes the model call this many more of
+    # them the class than pasting it from other classes' images does (regions of at most a quarter of the image)
+    min_transplant_excess: float = 0.35
     spot_share: float = 0.0625  # the hot spot rule's window: a square of this share of the image (a corner square)
     # a hot spot: this many more of the class's images than of other classes' have their densest window there
     min_spot_excess: float = 0.08
-    # ... and those images look alike there (mean correlation of their fine detail with the others' mean): a logo
-    min_spot_consistency: float = 0.4
+    # ... and those images look alike there or next to it (mean correlation of their fine detail with the others'
+    # mean): a logo
+    min_spot_consistency: float = 0.5
     min_duplicate_correlation: float = 0.92  # near duplicate: aligned correlation of the thumbnails' details ...
     min_colour_correlation: float = 0.6  # ... and of each colour channel's 8x8 block means
 
@@ -93,6 +97,7 @@ THRESHOLD_RANGES = {
     "min_occlusion_drop": (-1.0, 1.0),
     "min_reliance_share": (0.0, 1.0),
     "min_reliance_confirm_share": (0.0, 1.0),
+    "min_transplant_excess": (-1.0, 1.0),
     "spot_share": (0.0, 1.0),
     "min_spot_excess": (0.0, 1.0),
     "min_spot_consistency": (-1.0, 1.0),

@@ -92,8 +92,9 @@ def audit_shard(spec: SourceSpec, model_paths: list[str], config: AuditConfig, s
 @task(cache_policy=NO_CACHE)
 def find(spec: SourceSpec, model_paths: list[str], config: AuditConfig, merged: samples.ShardResult,
          image_size: tuple[int, int], thresholds: Thresholds) -> findings.AuditTables:
-    """The findings, with the causal (occlusion) check of every shortcut candidate and every sample's reliance on
-    the candidates' regions (both with each sample predicted by the model that audited it)."""
+    """The findings, with the causal (occlusion) check of every shortcut candidate, every sample's reliance on the
+    candidates' regions and the transplant check of those neither confirms (each with every sample predicted by the
+    model that audited it)."""
     source, table = open_source(spec), merged.table
     explainers = [runs.explainer(config, path) for path in model_paths]
 
@@ -102,6 +103,11 @@ def find(spec: SourceSpec, model_paths: list[str], config: AuditConfig, merged: 
                                          table["sample_id"].to_numpy(), k, region, size=image_size,
                                          batch_size=config.batch_size, seed=config.seed, population=population,
                                          fold_seed=config.seed)
+
+    def paste(k: int, region, population) -> occlusion.TransplantResult:
+        return occlusion.transplant_check(explainers, source, table["label"].to_numpy(),
+                                          table["sample_id"].to_numpy(), k, region, batch_size=config.batch_size,
+                                          seed=config.seed, population=population, fold_seed=config.seed)
 
     def rely(regions: dict) -> dict:
         tick = time.perf_counter()
@@ -115,7 +121,8 @@ def find(spec: SourceSpec, model_paths: list[str], config: AuditConfig, merged: 
         return drops
 
     return findings.build_tables(table, merged.probs, merged.cams, merged.label_cams, source.class_names, image_size,
-                                 thresholds, occlusion=occlude, reliance=rely, thumbnails=merged.thumbnails)
+                                 thresholds, occlusion=occlude, reliance=rely, transplant=paste,
+                                 thumbnails=merged.thumbnails)
 
 
 @task(cache_policy=NO_CACHE)

@@ -12,6 +12,7 @@ means all the mass sits inside it.
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import binary_dilation
 from skimage.measure import label as label_regions
 
 #: Width of the border band as a fraction of the shorter side (4 px on a 32 px image).
@@ -161,6 +162,14 @@ def window_region(row: int, col: int, side: int, size: tuple[int, int], grid: in
     rows = (np.arange(h) + 0.5) * grid / h
     cols = (np.arange(w) + 0.5) * grid / w
     return ((rows >= row) & (rows < row + side))[:, None] & ((cols >= col) & (cols < col + side))[None, :]
+
+
+def grown(region: np.ndarray, cells: int = 1, grid: int = WINDOW_GRID) -> np.ndarray:
+    """``region`` (H, W bool) grown by ``cells`` cells of the ``grid`` x ``grid`` window grid in every direction
+    (a square dilation, the image's edges kept)."""
+    h, w = region.shape
+    rows, cols = int(np.ceil(cells * h / grid)), int(np.ceil(cells * w / grid))
+    return binary_dilation(region, structure=np.ones((2 * rows + 1, 2 * cols + 1), dtype=bool))
 
 
 def border_focus(mass: np.ndarray, fraction: float = BORDER_FRACTION) -> np.ndarray:

@@ -7,6 +7,12 @@ background gets each image's background (outside its object mask: the source's t
 
 The same blanking, image by image over the whole audited split, gives each sample's *reliance* on a class's region
 (:func:`reliance`): how much of the evidence for its given label (log-odds) it loses when that region is blanked.
+
+Blanking asks whether the region is *needed*; where every class needs it (a spot at the centre, on the object),
+blanking costs all of them and singles none out. The transplant check (:func:`transplant_check`) asks the converse,
+whether the region's content is *enough*: other classes' images get the region from the class's images, and from
+other classes' images as a control; a logo makes the model call them the class, a part of an object in a small
+region seldom does.
 """
 
 from __future__ import annotations
@@ -125,13 +131,8 @@ def occlusion_check(explainers: Sequence[GradCAM], source: Source, labels: np.nd
         size = region.shape
     elif size is None:
         raise ValueError("the background check needs the model's input size")
-    images, readable = [], np.ones(len(chosen), dtype=bool)
-    for i, sample_id in enumerate(sample_ids[chosen]):
-        try:
-            images.append(_decode.resize(source.load([sample_id])[0], size))
-        except _decode.Unreadable:  # gone since it was audited: the check does without it
-            readable[i] = False
-    images, truth, ids = np.stack(images), labels[chosen][readable], sample_ids[chosen][readable]
+    images, readable = _load(source, sample_ids[chosen], size)
+    truth, ids = labels[chosen][readable], sample_ids[chosen][readable]
     n = int(readable[:n].sum())
     if region is None:
         occluded = blank(images, ~foreground_masks(source, ids, images), fill="grey")
@@ -149,6 +150,72 @@ def occlusion_check(explainers: Sequence[GradCAM], source: Source, labels: np.nd
     return OcclusionResult(*(float(values[part].mean()) for part in (mine, rest) for values in (right, right_after)),
                            *(float(values[part].mean()) for part in (mine, rest) for values in (conf, conf_after)),
                            int(n))
+
+
+@dataclass(frozen=True)
+class TransplantResult:
+    """How often other classes' images are predicted as the class once a region is pasted into them from the class's
+    images, and from other classes' images (the control)."""
+
+    class_rate: float  # share of the composites with the class's content predicted as the class
+    control_rate: float  # the same with other classes' content
+    class_probability: float  # mean probability of the class, composites with the class's content
+    control_probability: float
+    samples: int  # composites of each kind
+
+    @property
+    def excess(self) -> float:
+        """How many more of the composites with the class's content are called the class than of the controls."""
+        return self.class_rate - self.control_rate
+
+
+def transplant_check(explainers: Sequence[GradCAM], source: Source, labels: np.ndarray, sample_ids: np.ndarray,
+                     k: int, region: np.ndarray, *, max_samples: int = 300, batch_size: int = 128, seed: int = 0,
+                     population: np.ndarray | None = None, fold_seed: int = 0) -> TransplantResult:
+    """Whether the content of ``region`` (boolean (H, W) at the model's input size) in class ``k``'s images is
+    enough to make the model call other classes' images ``k``.
+
+    Each *recipient*, an image of another class drawn from the whole split, is predicted twice: with the region's
+    pixels pasted from a *donor* of class ``k``, and from a *control donor*, another image of any class but ``k``.
+    Donors and control donors are drawn from ``population`` (bool per sample; None: every sample), e.g. the class's
+    images that peak on the region and other classes' images as focused there, so that both sides hold what the
+    model looks at there. The excess of the first rate of ``k`` predictions over the second is what the class's
+    content there carries: everything else in the composites is the same recipients'.
+
+    With K cross-fitted ``explainers``, each donor, control donor and recipient triple is drawn within one fold
+    (:func:`pipeline.models.cross_fit_folds` with ``fold_seed``) and predicted by its model, which saw none of them.
+    Up to ``max_samples`` triples, drawn with ``seed``; unreadable images are left out.
+    """
+    rng = np.random.default_rng(seed)
+    labels, sample_ids = np.asarray(labels), np.asarray(sample_ids)
+    pool = np.ones(len(labels), dtype=bool) if population is None else np.asarray(population, dtype=bool)
+    folds = _folds(sample_ids, len(explainers), fold_seed)
+    triples = []
+    for fold in np.unique(folds):
+        here = folds == fold
+        donors, controls = np.flatnonzero(here & pool & (labels == k)), np.flatnonzero(here & pool & (labels != k))
+        recipients = np.flatnonzero(here & (labels != k))
+        n = min(len(donors), len(controls), len(recipients) // 2)  # recipients apart from the controls
+        controls = rng.choice(controls, n, replace=False)
+        triples.append(np.stack([rng.choice(donors, n, replace=False), controls,
+                                 rng.choice(np.setdiff1d(recipients, controls), n, replace=False)], axis=1))
+    triples = np.concatenate(triples) if triples else np.zeros((0, 3), dtype=int)
+    triples = triples[rng.permutation(len(triples))[:max_samples]]
+    images, readable = _load(source, sample_ids[triples.ravel()], region.shape)
+    complete = readable.reshape(-1, 3).all(axis=1)
+    position = np.cumsum(readable) - 1  # row of each readable image in ``images``
+    rows = position.reshape(-1, 3)[complete]
+    donors, controls, recipients = (images[rows[:, i]].astype(np.float32) for i in range(3))
+    n = len(rows)
+    if n == 0:
+        return TransplantResult(np.nan, np.nan, np.nan, np.nan, 0)
+    inside = region[None, :, :, None]
+    composites = np.concatenate([np.where(inside, donors, recipients), np.where(inside, controls, recipients)])
+    pair_folds = np.tile(folds[triples[complete, 2]], 2)
+    out = explain_by_fold(explainers, composites, np.full(len(composites), k), pair_folds, batch_size)
+    called, probability = out.pred == k, out.probs[:, k].astype(np.float64)
+    return TransplantResult(float(called[:n].mean()), float(called[n:].mean()), float(probability[:n].mean()),
+                            float(probability[n:].mean()), n)
 
 
 def reliance(explainers: Sequence[GradCAM], source: Source, sample_ids: np.ndarray, labels: np.ndarray,
@@ -229,6 +296,18 @@ def log_odds(probs: np.ndarray) -> np.ndarray:
     NaN stays NaN."""
     p = np.clip(probs, PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
     return np.log(p) - np.log1p(-p)
+
+
+def _load(source: Source, sample_ids: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The images of ``sample_ids`` at ``size`` (n, H, W, 3) and which of the ids could be read (bool per id): an
+    image gone since it was audited is left out, and a check does without it."""
+    images, readable = [], np.ones(len(sample_ids), dtype=bool)
+    for i, sample_id in enumerate(sample_ids):
+        try:
+            images.append(_decode.resize(source.load([sample_id])[0], size))
+        except _decode.Unreadable:
+            readable[i] = False
+    return (np.stack(images) if images else np.zeros((0, *size, 3), dtype=np.uint8)), readable
 
 
 def _batch_foreground(batch, keep: np.ndarray) -> np.ndarray:

@@ -124,18 +124,20 @@ def _true_mask(source: Source, sample_id: str) -> np.ndarray | None:
 
 
 def _sample_cards(source: Source, tables: AuditTables, rows: pd.DataFrame, assets: Path, prefix: str, *,
-                  outline: np.ndarray | str | None = None) -> list[dict]:
+                  outline: np.ndarray | str | None = None, label_cams: bool = False) -> list[dict]:
     """Write original / heatmap / overlay images of ``rows`` and return what the templates show of them.
 
-    Overlays use the original image (shrunk for display when large), with the CAM upsampled to its size.
+    Overlays use the original image (shrunk for display when large), with the CAM upsampled to its size: the
+    predicted class's, or with ``label_cams`` the given label's (where the tables keep them).
     ``outline``: a region (boolean (H, W) at any size) whose contour is drawn on the heatmap and the overlay, or
     ``"object"`` for each image's object mask (a finding about the background).
     """
+    cams = tables.label_cams if label_cams and tables.label_cams is not None else tables.cams
     cards = []
     originals = [_original(source, sample_id) for sample_id in rows["sample_id"]]
     for i, ((position, row), original) in enumerate(zip(rows.iterrows(), originals, strict=True)):
         image = np.asarray(_display(original))
-        scaled, heat = _heat_rgb(tables.cams[position][None], image.shape[:2])
+        scaled, heat = _heat_rgb(cams[position][None], image.shape[:2])
         # Blend the heatmap in proportion to its strength, so cold regions show the image unchanged.
         alpha = 0.65 * scaled[0][..., None]
         overlay = (image * (1 - alpha) + heat[0] * alpha).astype(np.uint8)
@@ -413,11 +415,15 @@ def _write_report_files(tmp: Path, assets: Path, source: Source, tables: AuditTa
     findings = []
     for row in (r for r in class_rows if r["flagged"]):
         k = row["class"]
-        mine = samples[samples["label"] == k].nlargest(8, row["region_column"])
+        # Its images first by the score the explorer link sorts them by (the reliance where it was measured), shown
+        # with the evidence for their label that the rules judged.
+        score = row["reliance_column"] if row["sample_score"] == "reliance" else row["region_column"]
+        mine = samples[samples["label"] == k].nlargest(8, score)
         region = tables.regions.get(k)
         outline = region if region is not None else "object" if row["region_kind"] == "background" else None
         finding = {**row, "outlined": region is not None,
-                   "strip": _sample_cards(source, tables, mine, assets, f"finding-{k:03d}", outline=outline)}
+                   "strip": _sample_cards(source, tables, mine, assets, f"finding-{k:03d}", outline=outline,
+                                          label_cams=True)}
         if region is not None:
             name = f"finding-{k:03d}-mean.png"
             _display(outlined(mean_heat[k], region)).save(assets / name)

@@ -16,6 +16,9 @@ Given the audit's tables and which samples carry the planted artifact, it answer
 - The ``uses_shortcut`` sample flag: its precision and recall for the stamped images; and what they would be with
   either score ranking the flagged class's samples (``focus_uses_*``, ``reliance_uses_*``;
   :func:`pipeline.findings.shortcut_tail`).
+
+Beside them, what decided the planted class (``confirmed_by``) and the transplant check's excess for it and, at most,
+for the clean classes checked (the margin that check keeps on unseen data).
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ def detection_figures(samples: pd.DataFrame, classes: pd.DataFrame, planted_clas
         # Did the model learn the artifact at all? The class's tail share against the largest of the clean
         # classes', and, within the class, how stamped and clean images differ in focus and in accuracy.
         **spot_figures(classes, planted_class),
+        **transplant_figures(classes, planted_class),
+        "confirmed_by": classes.loc[classes["class"] == k, "confirmed_by"].iloc[0],
         "planted_tail_share": float(classes.loc[classes["class"] == k, "shortcut_score"].iloc[0]),
         "max_clean_tail_share": float(clean_tails.max()) if clean_tails.notna().any() else float("nan"),
         "stamped_median_focus": _median(focus[stamped & mine & finite]),
@@ -97,6 +102,15 @@ def spot_figures(classes: pd.DataFrame, planted_class: str | None = None) -> dic
             else float("nan"),
             "max_clean_spot_excess": float(excess[~planted].max()),
             "max_clean_spot_consistency": float(classes.loc[~planted, "spot_margin_consistency"].max())}
+
+
+def transplant_figures(classes: pd.DataFrame, planted_class: str | None = None) -> dict:
+    """The transplant check's excess for the planted class, and the largest of the clean classes' (NaN where no
+    class was checked)."""
+    checked = classes["transplant_excess"] if "transplant_excess" in classes else pd.Series(np.nan, classes.index)
+    planted = (classes["class_name"] == planted_class).to_numpy()
+    return {"transplant_excess": float(checked[planted].iloc[0]) if planted.any() else float("nan"),
+            "max_clean_transplant_excess": float(checked[~planted].max())}
 
 
 def _precision_recall(chosen: np.ndarray, positive: np.ndarray) -> tuple[float, float]:

@@ -177,8 +177,8 @@ def test_validate_plants_an_artifact_and_prints_how_well_the_audit_found_it(tmp_
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert re.search(r"planted class 'circle' \(\d+ stamped audited images\): rank 1, flagged; clean classes "
-                     r"flagged: none", result.stdout), result.stdout
+    assert re.search(r"planted class 'circle' \(\d+ stamped audited images\): rank 1, flagged \(confirmed by "
+                     r"(occlusion|reliance)\); clean classes flagged: none", result.stdout), result.stdout
     figures = json.loads((tmp_path / "report" / "audit.json").read_text())["validation"]
     assert figures["sample_auroc"] >= 0.95 and figures["precision_at_stamped"] >= 0.8
     assert figures["suspected_region"] == "the top-left corner"

@@ -6,7 +6,7 @@ import pytest
 from conftest import same_evidence
 
 from pipeline import AuditError, findings, heatmaps
-from pipeline.occlusion import OcclusionResult
+from pipeline.occlusion import OcclusionResult, TransplantResult
 
 CLASSES = ("a", "b", "c", "d")
 
@@ -59,11 +59,11 @@ def table_with_corner_subpopulation(k: int, share: float = 0.3) -> tuple[pd.Data
     return samples, probs
 
 
-def build(samples, probs, occlusion=None, cams=None, thumbnails=None, reliance=None):
+def build(samples, probs, occlusion=None, cams=None, thumbnails=None, reliance=None, transplant=None):
     """The findings of a table whose given labels' CAMs are the predicted ones (and their statistics)."""
     cams = np.ones((len(samples), 4, 4), dtype=np.float32) if cams is None else cams
     return findings.build_tables(same_evidence(samples), probs, cams, cams, CLASSES, (32, 32), findings.Thresholds(),
-                                 occlusion=occlusion, reliance=reliance, thumbnails=thumbnails)
+                                 occlusion=occlusion, reliance=reliance, transplant=transplant, thumbnails=thumbnails)
 
 
 def occlusion_result(class_drop: float, others_drop: float = 0.0) -> OcclusionResult:
@@ -464,13 +464,41 @@ def test_a_class_peaking_in_one_place_is_no_hot_spot_when_its_images_look_differ
     # there, as the parts of varied objects would: no hot spot, whatever the heatmaps say.
     plain = build(samples, probs, cams=cams, thumbnails=thumbnails).classes.loc[2]
     assert plain["spot_margin_peak_share"] == pytest.approx(0.4) and plain["spot_margin_consistency"] < 0.15
-    assert not plain["candidate"] and "but they do not look alike there" in plain["evidence"]
+    assert not plain["candidate"] and "but they do not look alike there or near it" in plain["evidence"]
     # With a mark printed there on those 40 images, it is one, and the evidence says they look alike.
     rows = np.flatnonzero(samples["label"] == 2)[:40]
     thumbnails[rows] = Artifact("patch", "c", position="0.125,0.5", size=0.15).apply(thumbnails[rows])
     marked = build(samples, probs, cams=cams, thumbnails=thumbnails).classes.loc[2]
     assert marked["candidate"] and marked["shortcut_statistic"] == "spot_margin"
-    assert marked["spot_margin_consistency"] > 0.8 and "they look alike there" in marked["evidence"]
+    assert marked["spot_margin_consistency"] > 0.8 and ", and they look alike " in marked["evidence"]
+
+
+def test_a_mark_beside_the_place_where_the_heatmaps_peak_is_found_there_and_blamed():
+    from pipeline.artifacts import Artifact
+
+    samples, probs = make_table()
+    cams = cams_with_interior_spot(samples, 2)  # class 'c' peaks left of centre, rows 12-19, columns 0-7 ...
+    thumbnails = varied_thumbnails(len(samples))
+    rows = np.flatnonzero(samples["label"] == 2)[:40]
+    # ... but its mark is printed lower, rows 23-27, as a coarse heatmap can peak beside what draws it.
+    thumbnails[rows] = Artifact("patch", "c", position="0.125,0.78", size=0.15).apply(thumbnails[rows])
+    spots = findings.class_hot_spots(cams, samples["label"].to_numpy(), 4, (32, 32), thumbnails=thumbnails)
+    peak_rows, mark_rows = (np.flatnonzero(region.any(axis=1)) for region in (spots.masks[2], spots.marks[2]))
+    assert (peak_rows.min(), peak_rows.max()) == (12, 19) and mark_rows.min() > 16 and mark_rows.max() >= 27
+    assert spots.consistency[2] > 0.8 and spots.passes().tolist() == [False, False, True, False]
+    blamed = {}
+
+    def occlusion(k, region, population):
+        blamed[k] = region
+        return occlusion_result(0.3)
+
+    tables = build(samples, probs, cams=cams, thumbnails=thumbnails, occlusion=occlusion)
+    row = tables.classes.loc[2]
+    assert (blamed[2] == spots.marks[2]).all() and (tables.regions[2] == spots.marks[2]).all()
+    assert row["measured_region"] == "a spot left of centre covering 6% of the image"  # where the heatmaps peak
+    assert row["region"] == row["spot_mark"] == "a spot in the bottom-left covering 6% of the image"
+    assert ", and they look alike at a spot in the bottom-left covering 6% of the image (their fine detail" in \
+        row["evidence"]
 
 
 def test_a_flagged_class_s_samples_use_the_shortcut_when_they_look_at_the_region_and_rely_on_it():
@@ -557,3 +585,80 @@ def test_a_class_whose_images_do_not_rely_on_its_region_one_by_one_is_not_flagge
     assert row["evidence"].endswith(", fewer than 15%: its images do not bear the check out one by one, so the class "
                                     "is not flagged.")
     assert not tables.samples["flags"].str.contains("uses_shortcut").any()
+
+
+@pytest.mark.parametrize(("class_rate", "flagged"), [(0.6, True), (0.35, False)])
+def test_a_spot_that_blanking_cannot_single_out_is_confirmed_when_its_content_makes_other_images_the_class(
+        class_rate, flagged):
+    samples, probs = make_table()
+    asked = {}
+
+    def transplant(k, region, population):
+        asked[k] = region, population
+        return TransplantResult(class_rate, 0.05, class_rate, 0.05, 40)
+
+    drops = np.random.default_rng(5).normal(0.0, 0.02, len(samples))  # blanking costs every class alike
+    tables = build(samples, probs, cams=cams_with_interior_spot(samples, 2),
+                   occlusion=lambda k, region, population: occlusion_result(-0.1),
+                   reliance=lambda regions: {k: drops for k in regions}, transplant=transplant)
+    row = tables.classes.loc[2]
+    # The spot (8 x 8 px at the left edge) is pasted grown by one cell of the 16 x 16 grid (2 px) on every side
+    # but the image's edge: 12 x 10 px.
+    assert list(asked) == [2] and (asked[2][0] == heatmaps.grown(tables.regions[2])).all()
+    assert asked[2][0].sum() == 12 * 10 and (asked[2][0] >= tables.regions[2]).all()
+    assert row["transplant_checked"] and row["transplant_excess"] == pytest.approx(class_rate - 0.05)
+    assert row["flagged"] == flagged and row["confirmed_by"] == ("transplant" if flagged else "")
+    pasted = ("; pasting a spot left of centre covering 12% of the image (the region and what lies within 6% of the "
+              f"image's side of it) from 40 of 'c' images into other classes' images makes the model call "
+              f"{class_rate:.0%} of them 'c' (5% when it comes from other classes' images)")
+    assert pasted in row["evidence"]
+    assert ("so the class is flagged" in row["evidence"]) == flagged
+    assert ("not flagged" in row["evidence"]) != flagged
+    assert tables.classes["transplant_checked"].sum() == 1
+
+
+def test_the_transplant_check_is_made_only_for_small_regions_that_blanking_did_not_confirm():
+    asked = []
+
+    def transplant(k, region, population):
+        asked.append(k)
+        return TransplantResult(1.0, 0.0, 1.0, 0.0, 40)
+
+    # The border band (44% of a 32x32 image) is too large to be pasted as a mark.
+    build(*table_with_border_class(2), occlusion=lambda k, region, population: occlusion_result(0.01),
+          transplant=transplant)
+    # A spot confirmed by blanking needs no transplant.
+    samples, probs = make_table()
+    tables = build(samples, probs, cams=cams_with_interior_spot(samples, 2),
+                   occlusion=lambda k, region, population: occlusion_result(0.3), transplant=transplant)
+    assert asked == [] and tables.classes.loc[2, "confirmed_by"] == "occlusion"
+    assert not tables.classes["transplant_checked"].any() and tables.classes["transplant_rate"].isna().all()
+
+
+@pytest.mark.parametrize("relied_on", ["background", "band"])
+def test_when_the_band_and_the_true_background_both_pass_the_model_s_reliance_chooses_the_region_blamed(relied_on):
+    samples, probs = table_with_border_class(1)  # class 'b' favours the border band (its whole class) ...
+    samples["mask_kind"] = "true"
+    add_background_attention(samples, np.flatnonzero(samples["label"] == 1)[:60], 0.5)  # ... and, less, its background
+    labels = samples["label"].to_numpy()
+    noise = np.random.default_rng(4).normal(0.0, 0.02, len(samples))
+    relying, indifferent = np.where(labels == 1, 2.0, noise), np.where(labels == 1, -0.5, noise)
+    asked = []
+
+    def reliance(regions):
+        (k, region), = regions.items()
+        asked.append((k, "background" if region is None else "band"))
+        return {k: relying if asked[-1][1] == relied_on else indifferent}
+
+    classes = build(samples, probs, occlusion=lambda k, region, population: occlusion_result(0.3),
+                    reliance=reliance).classes
+    row = classes.loc[1]
+    assert classes.loc[1, "fixed_alternatives"] == "background_focus"
+    assert asked[:2] == [(1, "band"), (1, "background")]  # each region once for the choice (the band first) ...
+    assert row["chosen_by"] == "reliance" and row["alternatives_reliance"] == (
+        "border focus 1.00; background focus 0.00" if relied_on == "band" else "border focus 0.00; background focus 1.00")
+    expected = "background_focus" if relied_on == "background" else "border_focus"
+    assert row["shortcut_statistic"] == expected and row["shortcut_score"] == row[f"{expected}_tail_share"]
+    assert row["region_kind"] == ("background" if relied_on == "background" else "band")
+    assert row["flagged"] and "so that is the region blamed" in row["evidence"]
+    assert (classes.drop(index=1)["chosen_by"] == "").all()  # no other class had two fixed regions passing

@@ -205,3 +205,13 @@ def test_label_statistics_are_computed_only_where_the_label_is_not_the_predictio
     assert (label_valid == full_valid).all() and not label_valid[6]
     for name in LABEL_STATISTICS:
         np.testing.assert_allclose(columns[name], full[name], rtol=1e-6, equal_nan=True)
+
+
+def test_a_region_grows_by_whole_cells_of_the_window_grid_and_stops_at_the_image_s_edges():
+    region = np.zeros((32, 48), dtype=bool)
+    region[10:14, 0:6] = True  # on the left edge
+    grown = heatmaps.grown(region)  # one cell: 2 px of 32 rows, 3 px of 48 columns
+    rows, cols = np.nonzero(grown)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (8, 15, 0, 8)
+    assert grown.sum() == 8 * 9 and (grown >= region).all()
+    assert heatmaps.grown(region, cells=0).sum() == region.sum()

@@ -200,3 +200,45 @@ def test_the_check_predicts_each_sample_by_the_model_of_its_fold(tmp_path):
     assert result.samples == 12
     assert result.excess_confidence_drop == pytest.approx((red & (folds == 0)).sum() / 12, abs=0.02)
     assert 0 < (red & (folds == 0)).sum() < red.sum()
+
+
+def test_the_transplant_check_pastes_the_class_s_region_into_other_classes_images_against_a_control(tmp_path):
+    source, red = red_corner_folder(tmp_path / "data")
+    explainer = GradCAM(red_corner_model())
+    corner = np.zeros((16, 16), dtype=bool)
+    corner[:4, :4] = True
+    # From the red 'a' images (a tail population), the corner makes every 'b' image an 'a'; from 'b' images, none.
+    tail = occlusion.transplant_check([explainer], source, source.labels, source.sample_ids, 0, corner,
+                                      population=red | (source.labels == 1))
+    assert (tail.class_rate, tail.control_rate, tail.samples) == (1.0, 0.0, 6)  # 6 red donors; 12 'b' split in two
+    assert tail.excess == 1.0 and tail.class_probability > 0.99 > 0.01 > tail.control_probability
+    # From all of 'a', half of the donors carry the red corner.
+    whole = occlusion.transplant_check([explainer], source, source.labels, source.sample_ids, 0, corner, seed=2)
+    assert whole.samples == 6 and 0 < whole.class_rate < 1 and whole.control_rate == 0.0
+    # Elsewhere the same images carry nothing the model uses: no excess.
+    elsewhere = np.zeros((16, 16), dtype=bool)
+    elsewhere[8:12, 8:12] = True
+    assert occlusion.transplant_check([explainer], source, source.labels, source.sample_ids, 0, elsewhere,
+                                      population=red | (source.labels == 1)).excess == 0.0
+
+
+def test_the_transplant_check_draws_each_triple_within_one_fold_and_predicts_it_by_that_fold_s_model(tmp_path):
+    source, red = red_corner_folder(tmp_path / "data")
+    corner = np.zeros((16, 16), dtype=bool)
+    corner[:4, :4] = True
+    seen = []
+
+    class Recorder(GradCAM):
+        def explain(self, images, labels):
+            seen.append(len(images))
+            return super().explain(images, labels)
+
+    recording = [Recorder(red_corner_model()), Recorder(red_corner_model(weight=0.0))]
+    population = red | (source.labels == 1)
+    result = occlusion.transplant_check(recording, source, source.labels, source.sample_ids, 0, corner,
+                                        population=population, fold_seed=3)
+    folds = cross_fit_folds(source.sample_ids, 2, 3)
+    per_fold = [min((red & (folds == f)).sum(), ((source.labels == 1) & (folds == f)).sum() // 2) for f in (0, 1)]
+    assert result.samples == sum(per_fold) and sum(seen) == 2 * result.samples and all(per_fold)
+    # Only the triples of fold 0, whose model looks at the corner, are called 'a'.
+    assert result.class_rate == pytest.approx(per_fold[0] / sum(per_fold)) and result.control_rate == 0.0

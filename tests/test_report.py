@@ -173,6 +173,32 @@ def test_a_blamed_region_is_outlined_in_cyan_at_the_picture_s_size():
     assert (picture == 0).all()  # a copy
 
 
+def test_a_finding_s_pictures_show_the_heatmap_of_each_image_s_label_the_rest_the_predicted_class_s(tmp_path):
+    source, tables = hostile_audit(tmp_path)
+    tables.cams[:] = 0.0
+    tables.cams[:, :, 2:] = 1.0  # predicted: the right half
+    tables.label_cams = np.zeros_like(tables.cams)
+    tables.label_cams[:, :, :2] = 1.0  # given label: the left half
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    rows = tables.samples.iloc[:2]
+
+    def heat(label_cams: bool) -> np.ndarray:
+        card = report._sample_cards(source, tables, rows, assets, f"x{label_cams}", label_cams=label_cams)[0]
+        return np.asarray(Image.open(tmp_path / card["heatmap"]).convert("RGB"), dtype=int)
+
+    hot, cold = heat(True), heat(False)  # a hot colour is red-heavy, a cold one blue-heavy
+    left, right = (slice(None), slice(0, 4)), (slice(None), slice(-4, None))
+    def red(picture, side):
+        return picture[side][..., 0].mean()
+
+    def blue(picture, side):
+        return picture[side][..., 2].mean()
+
+    assert red(hot, left) > blue(hot, left) and blue(hot, right) > red(hot, right)
+    assert red(cold, right) > blue(cold, right) and blue(cold, left) > red(cold, left)
+
+
 # --- the explorer's thumbnails, made by the shards -------------------------------------------------------------
 
 #: Shards of unequal size: the second fills more than one sheet; each starts a sheet of its own.

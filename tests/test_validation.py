@@ -19,7 +19,8 @@ def planted_audit(n: int = 200, seed: int = 0):
                             "shortcut_score": [0.1, 0.5, 0.3, 0.05], "shortcut_statistic": "corner_focus",
                             "measured_region": "the top-left corner", "region_column": "corner_focus_top_left",
                             "region": "the top-left corner", "tail_cutoff": 1.45, "sample_score": "focus",
-                            "reliance_column": "", "reliance_cutoff": np.nan})
+                            "reliance_column": "", "reliance_cutoff": np.nan,
+                            "confirmed_by": ["", "occlusion", "", ""]})
     return samples, classes
 
 
@@ -28,6 +29,7 @@ def test_a_found_artifact_ranks_first_and_its_samples_are_separated_by_the_short
     figures = validation.detection_figures(samples, classes, "b")
     assert figures["rank"] == 1 and figures["flagged"] and figures["clean_classes_flagged"] == []
     assert figures["suspected_region"] == "the top-left corner"
+    assert figures["confirmed_by"] == "occlusion" and np.isnan(figures["transplant_excess"])
     assert figures["sample_auroc"] == pytest.approx(1.0) and figures["precision_at_stamped"] == pytest.approx(1.0)
     assert figures["uses_shortcut_precision"] == 1.0 and figures["uses_shortcut_recall"] == 1.0
     assert figures["stamped_samples"] == 25
@@ -85,3 +87,12 @@ def test_the_figures_give_the_focus_and_the_reliance_side_by_side_and_the_score_
     classes.loc[1, "flagged"] = False  # a class not flagged flags no sample, whatever its score
     figures = validation.detection_figures(samples, classes, "b")
     assert figures["reliance_uses_recall"] == 0.0 and np.isnan(figures["reliance_uses_precision"])
+
+
+def test_the_transplant_figures_are_the_planted_class_s_and_the_largest_of_the_clean_classes_checked():
+    _, classes = planted_audit()
+    classes["transplant_excess"] = [np.nan, 0.6, 0.1, np.nan]
+    assert validation.transplant_figures(classes, "b") == {"transplant_excess": 0.6,
+                                                           "max_clean_transplant_excess": 0.1}
+    assert validation.transplant_figures(classes) == {"transplant_excess": pytest.approx(np.nan, nan_ok=True),
+                                                      "max_clean_transplant_excess": 0.6}
