@@ -535,6 +535,14 @@ def _tail(values: np.ndarray, mine: np.ndarray, quantile: float) -> tuple[np.nda
     return mine & (values > cutoff), cutoff
 
 
+def _tail_share(values: np.ndarray, mine: np.ndarray, quantile: float) -> tuple[float, float]:
+    """The share of the class's measured (finite) values above the ``quantile`` of the other classes' (NaN when none
+    is measured), and that cut-off."""
+    tail, cutoff = _tail(values, mine, quantile)
+    measured = (mine & np.isfinite(values)).sum()
+    return (tail.sum() / measured if measured else np.nan), cutoff
+
+
 #: What a class's ``status`` can be: no shortcut signal in its statistics; a candidate by its statistics (not yet
 #: put to the causal check); confirmed or not confirmed by the causal check and its images' reliance on the region
 #: (``confirmed_by``: ``occlusion`` when the check's mean drop confirmed it, ``reliance`` when its images did).
@@ -671,8 +679,7 @@ def choose_by_reliance(samples: pd.DataFrame, classes: pd.DataFrame, reliance: R
         shares = {}
         for statistic in statistics:
             drops = np.asarray(reliance({k: _region(samples, k, statistic, image_size, spots).mask})[k], dtype=float)
-            tail, _ = _tail(drops, labels == k, thresholds.tail_quantile)
-            shares[statistic] = tail.sum() / max(((labels == k) & np.isfinite(drops)).sum(), 1)
+            shares[statistic], _ = _tail_share(drops, labels == k, thresholds.tail_quantile)
         best = max(statistics, key=lambda statistic: shares[statistic])  # ties: the heatmaps' choice, first
         classes.loc[row, ["chosen_by", "alternatives_reliance"]] = [
             "reliance", "; ".join(f"{STATISTIC_WORDS[statistic]} {share:.2f}" for statistic, share in shares.items())]
@@ -893,12 +900,11 @@ def record_reliance(samples: pd.DataFrame, classes: pd.DataFrame, drops: dict,
         column = reliance_column(k, background=classes.loc[row, "region_kind"] == "background")
         columns[column] = values = np.asarray(values, dtype=float)
         mine = labels == k
-        tail, cutoff = _tail(values, mine, thresholds.tail_quantile)
+        share, cutoff = _tail_share(values, mine, thresholds.tail_quantile)
         finite = mine & np.isfinite(values)
         classes.loc[row, ["reliance_column", "sample_score"]] = [column, "reliance"]
         classes.loc[row, list(RELIANCE_FIGURES)] = [
-            np.mean(values[finite]) if finite.any() else np.nan, auroc(values[mine], values[~mine]),
-            tail.sum() / finite.sum() if finite.any() else np.nan, cutoff]
+            np.mean(values[finite]) if finite.any() else np.nan, auroc(values[mine], values[~mine]), share, cutoff]
         if classes.loc[row, "status"] == "confirmed" and reliance_refutes(classes.loc[row], thresholds):
             classes.loc[row, ["status", "confirmed_by"]] = ["not confirmed", ""]
         elif classes.loc[row, "status"] == "not confirmed" and reliance_confirms(classes.loc[row], thresholds):
