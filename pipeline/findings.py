@@ -739,8 +739,8 @@ def evidence(row: dict, image_size: tuple[int, int], thresholds: Thresholds = DE
         sentence += f", {row[f'{statistic}_ratio']:.1f}x the other classes' median"
     sentence += f", AUROC {row[f'{statistic}_auroc']:.2f}"
     if row.get("chosen_by") == "reliance":
-        sentence += (f"; of the regions its heatmaps favour, blanking {region_words(row, image_size)} costs the most of "
-                     f"its images more evidence than {quantile:.0%} of other classes' images lose (shares: "
+        sentence += (f"; of the regions its heatmaps favour, blanking {region_words(row, image_size)} costs the most "
+                     f"of its images more evidence than {quantile:.0%} of other classes' images lose (shares: "
                      f"{row['alternatives_reliance']}), so that is the region blamed")
     if status in ("confirmed", "not confirmed"):
         action = f"filling {row['region']} with grey" if background else f"blanking {row['region']}"

@@ -655,8 +655,9 @@ def test_when_the_band_and_the_true_background_both_pass_the_model_s_reliance_ch
     row = classes.loc[1]
     assert classes.loc[1, "fixed_alternatives"] == "background_focus"
     assert asked[:2] == [(1, "band"), (1, "background")]  # each region once for the choice (the band first) ...
-    assert row["chosen_by"] == "reliance" and row["alternatives_reliance"] == (
-        "border focus 1.00; background focus 0.00" if relied_on == "band" else "border focus 0.00; background focus 1.00")
+    shares = (1.0, 0.0) if relied_on == "band" else (0.0, 1.0)
+    assert row["chosen_by"] == "reliance"
+    assert row["alternatives_reliance"] == "border focus {:.2f}; background focus {:.2f}".format(*shares)
     expected = "background_focus" if relied_on == "background" else "border_focus"
     assert row["shortcut_statistic"] == expected and row["shortcut_score"] == row[f"{expected}_tail_share"]
     assert row["region_kind"] == ("background" if relied_on == "background" else "band")
