@@ -67,8 +67,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--train-limit", type=int, default=10_000)
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp()))
+    parser.add_argument("--out", type=Path, help="where the reports go (default: a new temporary folder)")
     args = parser.parse_args()
+    args.out = args.out or Path(tempfile.mkdtemp())  # made only when no folder is given
     options = {"train_limit": args.train_limit, "epochs": args.epochs}
 
     rows = []

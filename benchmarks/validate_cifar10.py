@@ -60,9 +60,10 @@ def main() -> None:
     parser.add_argument("--train-limit", type=int, default=25_000)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--rate", type=float, default=0.5)
-    parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp()))
+    parser.add_argument("--out", type=Path, help="where the reports go (default: a new temporary folder)")
     parser.add_argument("--sweep", action="store_true", help="also the interior patch at lower rate, opacity and size")
     args = parser.parse_args()
+    args.out = args.out or Path(tempfile.mkdtemp())  # made only when no folder is given
     options = {"train_limit": args.train_limit, "epochs": args.epochs}
 
     rows = []

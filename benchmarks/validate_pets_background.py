@@ -98,8 +98,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=SHARED)
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp()))
+    parser.add_argument("--out", type=Path, help="where the reports go (default: a new temporary folder)")
     args = parser.parse_args()
+    args.out = args.out or Path(tempfile.mkdtemp())  # made only when no folder is given
     folder = pets_folder(args.data, args.out / "pets")
     options = {"masks": str(args.data / "annotations" / "trimaps"), "epochs": args.epochs}
 
