@@ -51,8 +51,9 @@ class Thresholds:
     # them the class than pasting it from other classes' images does (regions of at most a quarter of the image)
     min_transplant_excess: float = 0.35
     spot_share: float = 0.0625  # the hot spot rule's window: a square of this share of the image (a corner square)
-    # a hot spot: this many more of the class's images than of other classes' have their densest window there
-    min_spot_excess: float = 0.08
+    # a hot spot: this many more of the class's images than of other classes' have their densest window there (a
+    # sub-population worth checking; what tells a mark from a part of the object is the likeness below)
+    min_spot_excess: float = 0.05
     # ... and those images look alike there or next to it (mean correlation of their fine detail with the others'
     # mean): a logo
     min_spot_consistency: float = 0.5
