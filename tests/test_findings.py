@@ -655,9 +655,10 @@ def test_when_the_band_and_the_true_background_both_pass_the_model_s_reliance_ch
     row = classes.loc[1]
     assert classes.loc[1, "fixed_alternatives"] == "background_focus"
     assert asked[:2] == [(1, "band"), (1, "background")]  # each region once for the choice (the band first) ...
-    shares = (1.0, 0.0) if relied_on == "band" else (0.0, 1.0)
+    # The class loses 2 log-odds more than the others where it relies on the region, half a log-odds less elsewhere.
+    excess = (2.0, -0.5) if relied_on == "band" else (-0.5, 2.0)
     assert row["chosen_by"] == "reliance"
-    assert row["alternatives_reliance"] == "border focus {:.2f}; background focus {:.2f}".format(*shares)
+    assert row["alternatives_reliance"] == "border focus {:.2f}; background focus {:.2f}".format(*excess)
     expected = "background_focus" if relied_on == "background" else "border_focus"
     assert row["shortcut_statistic"] == expected and row["shortcut_score"] == row[f"{expected}_tail_share"]
     assert row["region_kind"] == ("background" if relied_on == "background" else "band")
