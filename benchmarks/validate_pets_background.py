@@ -116,6 +116,7 @@ def main() -> None:
                      "predicted_cam_auroc": predicted_cam_auroc(result.samples),
                      **probability_drop_figures(result, int(dog["class"])),
                      "reliance_mean": dog["reliance_mean"], "reliance_tail_share": dog["reliance_tail_share"],
+                     "alternatives": dog["alternatives_reliance"] or "",
                      "reliance_s": reliance_seconds(result), "gradcam_s": result.meta["timings"]["gradcam_s"],
                      "findings_s": result.meta["timings"]["findings_s"]})
     start = time.perf_counter()
@@ -149,7 +150,8 @@ def main() -> None:
         print(f"{row['artifact']:44s} focus {row['stamped_median_focus']:.2f} vs {row['clean_median_focus']:.2f}; "
               f"reliance {row['stamped_median_reliance']:.2f} vs {row['clean_median_reliance']:.2f}; mean "
               f"{row['reliance_mean']:.2f}, tail share {row['reliance_tail_share']:.2f} (focus tail share "
-              f"{row['planted_tail_share']:.2f})")
+              f"{row['planted_tail_share']:.2f})" + (f"; regions put to the model (excess mean drop): "
+                                                     f"{row['alternatives']}" if row["alternatives"] else ""))
     print(f"control: candidates {', '.join(rows[-1]['candidates']) or 'none'}")
     print("\nCost of the reliance: one pass over the photos with each background blanked (timed again after the "
           "audit), against the audit's Grad-CAM of all photos (shards) and its whole findings step")
