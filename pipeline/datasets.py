@@ -74,9 +74,22 @@ class Source:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batches(self, size: tuple[int, int], batch_size: int, start: int = 0,
-                stop: int | None = None) -> Iterator[Batch]:
+    def batches(self, size: tuple[int, int], batch_size: int, start: int = 0, stop: int | None = None,
+                rows: np.ndarray | None = None) -> Iterator[Batch]:
+        """The samples ``start`` to ``stop`` at ``size``, ``batch_size`` at a time; given ``rows`` (sorted, unique
+        sample indices), those samples instead. In the source's order, except that an image folder's files that
+        need the careful decoder come last: a batch's ``sample_ids`` say which samples it holds. A sample that cannot
+        be decoded is left out of the images and recorded in a batch's ``skipped``."""
         raise NotImplementedError
+
+    def rows_of(self, sample_ids) -> np.ndarray:
+        """The index of each of ``sample_ids`` among the source's samples (KeyError for an unknown one)."""
+        index = self._index
+        return np.array([index[sid] for sid in sample_ids], dtype=np.int64)
+
+    @functools.cached_property
+    def _index(self) -> dict[str, int]:
+        return {sid: i for i, sid in enumerate(self.sample_ids)}
 
     def load(self, sample_ids: list[str]) -> list[np.ndarray]:
         """Original images (RGB uint8, each its own size) of the given samples, for the report's overlays."""
@@ -108,6 +121,13 @@ class Source:
         return {"name": self.name, "split": self.split, "kind": self.spec.kind, "samples": len(self),
                 "classes": list(self.class_names), "fingerprint": self.fingerprint, "planted": self.planted,
                 "resize_policy": _decode.RESIZE_POLICY, "spec": self.spec.as_dict()}
+
+
+def _wanted(length: int, start: int, stop: int | None, rows: np.ndarray | None) -> np.ndarray:
+    """The sample indices a :meth:`Source.batches` call asks for."""
+    if rows is not None:
+        return np.asarray(rows, dtype=np.int64)
+    return np.arange(start, length if stop is None else min(stop, length))
 
 
 def _fingerprint(*parts) -> str:
@@ -149,15 +169,15 @@ class SyntheticSource(Source):
     def training_split(self) -> str:
         return "train"
 
-    def batches(self, size, batch_size, start=0, stop=None):
-        stop = len(self) if stop is None else min(stop, len(self))
-        for i in range(start, stop, batch_size):
-            j = min(i + batch_size, stop)
-            images, masks = self.images[i:j], self.masks[i:j]
+    def batches(self, size, batch_size, start=0, stop=None, rows=None):
+        wanted = _wanted(len(self), start, stop, rows)
+        for i in range(0, len(wanted), batch_size):
+            chosen = wanted[i : i + batch_size]
+            images, masks = self.images[chosen], self.masks[chosen]
             if tuple(size) != self.natural_size:
                 images, masks = _decode.resize(images, size), _decode.resize_masks(masks, size)
-            yield Batch(images, self.labels[i:j], self.sample_ids[i:j], masks, np.full(j - i, "true", dtype=object),
-                        self.marked[i:j])
+            yield Batch(images, self.labels[chosen], self.sample_ids[chosen], masks,
+                        np.full(len(chosen), "true", dtype=object), self.marked[chosen])
 
     def load(self, sample_ids):
         index = self._index
@@ -165,10 +185,6 @@ class SyntheticSource(Source):
 
     def load_masks(self, sample_ids):
         return [self.masks[self._index[sid]] for sid in sample_ids]
-
-    @functools.cached_property
-    def _index(self) -> dict[str, int]:
-        return {sid: i for i, sid in enumerate(self.sample_ids)}
 
 
 # --- image folders ---------------------------------------------------------------------------------------------
@@ -323,12 +339,11 @@ class FolderSource(Source):
                   for i in indices]
         return np.array(scales, dtype=np.int32)
 
-    def batches(self, size, batch_size, start=0, stop=None):
-        stop = len(self) if stop is None else min(stop, len(self))
+    def batches(self, size, batch_size, start=0, stop=None, rows=None):
         size = tuple(size)
-        wanted = np.arange(start, stop)
-        fast = wanted[self.fast[start:stop]]
-        careful = list(wanted[~self.fast[start:stop]])
+        wanted = _wanted(len(self), start, stop, rows)
+        fast = wanted[self.fast[wanted]]
+        careful = list(wanted[~self.fast[wanted]])
         # TensorFlow decodes the ordinary files in parallel; a file it fails on is dropped from the stream
         # (ignore_errors) and caught by its missing index, then retried by the careful decoder.
         scales = self._scales(fast, size)
@@ -368,10 +383,6 @@ class FolderSource(Source):
 
     def load_masks(self, sample_ids):
         return [self._mask(self._index[sid]) if self.masks is not None else None for sid in sample_ids]
-
-    @functools.cached_property
-    def _index(self) -> dict[str, int]:
-        return {sid: i for i, sid in enumerate(self.sample_ids)}
 
 
 # --- tensorflow-datasets ---------------------------------------------------------------------------------------
@@ -449,9 +460,17 @@ class TfdsSource(Source):
             return _decode.resize_tensor(image, size), record[self.label_key], record["tfds_id"]
         return decode
 
-    def batches(self, size, batch_size, start=0, stop=None):
-        stop = len(self) if stop is None else min(stop, len(self))
-        stream = (self._dataset().skip(start).take(stop - start)
+    def batches(self, size, batch_size, start=0, stop=None, rows=None):
+        if rows is None:
+            stop = len(self) if stop is None else min(stop, len(self))
+            records = self._dataset().skip(start).take(stop - start)
+        else:  # one pass over the split, keeping the wanted records
+            wanted = np.zeros(len(self), dtype=bool)
+            wanted[np.asarray(rows, dtype=np.int64)] = True
+            keep = tf.constant(wanted)
+            records = (self._dataset().enumerate().filter(lambda i, record: tf.gather(keep, i))
+                       .map(lambda i, record: record))
+        stream = (records
                   .map(self._decode(tuple(size)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                   .batch(batch_size).prefetch(2).with_options(_decode.STREAM_OPTIONS))
         for images, labels, ids in stream:
@@ -496,7 +515,6 @@ class PlantedSource(Source):
         self.fingerprint = _fingerprint(base.fingerprint, artifact.as_dict())
         target = base.class_names.index(artifact.class_name)
         self.marked = artifact.carriers(base.sample_ids, base.labels == target)
-        self._index = {sid: i for i, sid in enumerate(base.sample_ids)}
         self.planted = artifact.as_dict() | {"marked_samples": int(self.marked.sum()),
                                              "class_samples": int((base.labels == target).sum())}
 
@@ -510,8 +528,8 @@ class PlantedSource(Source):
     def _marked(self, sample_ids) -> np.ndarray:
         return np.array([self.marked[self._index[sid]] for sid in sample_ids], dtype=bool)
 
-    def batches(self, size, batch_size, start=0, stop=None):
-        for batch in self.base.batches(size, batch_size, start, stop):
+    def batches(self, size, batch_size, start=0, stop=None, rows=None):
+        for batch in self.base.batches(size, batch_size, start, stop, rows):
             marked = self._marked(batch.sample_ids)
             images = batch.images.copy()
             if self.artifact.kind == "background":

@@ -131,7 +131,7 @@ def occlusion_check(explainers: Sequence[GradCAM], source: Source, labels: np.nd
         size = region.shape
     elif size is None:
         raise ValueError("the background check needs the model's input size")
-    images, readable = _load(source, sample_ids[chosen], size)
+    images, readable = _load(source, sample_ids[chosen], size, batch_size)
     truth, ids = labels[chosen][readable], sample_ids[chosen][readable]
     n = int(readable[:n].sum())
     if region is None:
@@ -201,7 +201,7 @@ def transplant_check(explainers: Sequence[GradCAM], source: Source, labels: np.n
                                  rng.choice(np.setdiff1d(recipients, controls), n, replace=False)], axis=1))
     triples = np.concatenate(triples) if triples else np.zeros((0, 3), dtype=int)
     triples = triples[rng.permutation(len(triples))[:max_samples]]
-    images, readable = _load(source, sample_ids[triples.ravel()], region.shape)
+    images, readable = _load(source, sample_ids[triples.ravel()], region.shape, batch_size)
     complete = readable.reshape(-1, 3).all(axis=1)
     position = np.cumsum(readable) - 1  # row of each readable image in ``images``
     rows = position.reshape(-1, 3)[complete]
@@ -253,7 +253,7 @@ def reliance(explainers: Sequence[GradCAM], source: Source, sample_ids: np.ndarr
     class -> (N,) drops ``log_odds(p(label | image)) - log_odds(p(label | image with the region blanked))``, rows as
     ``sample_ids``; NaN for a sample not measured for that class, or that cannot be read any more. One forward pass
     per measured sample and class (a background is the same for every class: one pass serves all classes blamed for
-    it); each image is decoded once.
+    it); each measured image is decoded once, and no other.
     """
     labels = np.asarray(labels)
     index = {sample_id: i for i, sample_id in enumerate(np.asarray(sample_ids, dtype=str))}
@@ -264,7 +264,10 @@ def reliance(explainers: Sequence[GradCAM], source: Source, sample_ids: np.ndarr
     background = [k for k, region in regions.items() if region is None]
     if background:
         measured_background = np.logical_or.reduce([measured[k] for k in background])
-    for batch in source.batches(size, batch_size):
+    if not regions:
+        return {}
+    wanted = np.logical_or.reduce([measured[k] for k in regions])  # only these images are decoded, each once
+    for batch in source.batches(size, batch_size, rows=np.unique(source.rows_of(np.asarray(sample_ids)[wanted]))):
         rows = np.array([index.get(sample_id, -1) for sample_id in np.asarray(batch.sample_ids, dtype=str)])
         keep = rows >= 0
         if not keep.any():
@@ -298,15 +301,16 @@ def log_odds(probs: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def _load(source: Source, sample_ids: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The images of ``sample_ids`` at ``size`` (n, H, W, 3) and which of the ids could be read (bool per id): an
-    image gone since it was audited is left out, and a check does without it."""
-    images, readable = [], np.ones(len(sample_ids), dtype=bool)
-    for i, sample_id in enumerate(sample_ids):
-        try:
-            images.append(_decode.resize(source.load([sample_id])[0], size))
-        except _decode.Unreadable:
-            readable[i] = False
+def _load(source: Source, sample_ids: np.ndarray, size: tuple[int, int],
+          batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """The images of ``sample_ids`` at ``size`` (n, H, W, 3), as the audit's batches gave them (one pass of the
+    source's decoder over just these samples), and which of the ids could be read (bool per id): an image gone since
+    it was audited is left out, and a check does without it."""
+    found = {}
+    for batch in source.batches(size, batch_size, rows=np.unique(source.rows_of(sample_ids))):
+        found.update(zip(np.asarray(batch.sample_ids, dtype=str), batch.images, strict=True))
+    readable = np.array([sample_id in found for sample_id in np.asarray(sample_ids, dtype=str)], dtype=bool)
+    images = [found[sample_id] for sample_id in np.asarray(sample_ids, dtype=str)[readable]]
     return (np.stack(images) if images else np.zeros((0, *size, 3), dtype=np.uint8)), readable
 
 

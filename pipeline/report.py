@@ -98,6 +98,16 @@ def _original(source: Source, sample_id: str) -> np.ndarray:
         return np.full((DISPLAY_SIZE, DISPLAY_SIZE, 3), 128, dtype=np.uint8)
 
 
+def _originals(source: Source, sample_ids) -> list[np.ndarray]:
+    """The original images of samples, read in one call (a tfds split is one pass over its records, whatever the
+    number of samples), each that can no longer be read a grey square (:func:`_original`)."""
+    sample_ids = list(sample_ids)
+    try:
+        return source.load(sample_ids)
+    except Unreadable:
+        return [_original(source, sample_id) for sample_id in sample_ids]
+
+
 def outlined(picture: np.ndarray, region: np.ndarray) -> np.ndarray:
     """``picture`` (H, W, 3) uint8 with the contour of ``region`` (boolean, any size, resized to the picture's by
     nearest neighbour) drawn in :data:`OUTLINE_COLOUR`: the region's own pixels that touch its outside."""
@@ -134,7 +144,7 @@ def _sample_cards(source: Source, tables: AuditTables, rows: pd.DataFrame, asset
     """
     cams = tables.label_cams if label_cams and tables.label_cams is not None else tables.cams
     cards = []
-    originals = [_original(source, sample_id) for sample_id in rows["sample_id"]]
+    originals = _originals(source, rows["sample_id"])
     for i, ((position, row), original) in enumerate(zip(rows.iterrows(), originals, strict=True)):
         image = np.asarray(_display(original))
         scaled, heat = _heat_rgb(cams[position][None], image.shape[:2])
@@ -208,12 +218,16 @@ def _duplicate_pairs(pairs: pd.DataFrame | None, sources: dict[str, Source], ass
     """Counts of duplicate pairs by kind and splits, and the first ``limit`` pairs with both pictures."""
     if pairs is None or pairs.empty:
         return {"counts": [], "pairs": [], "total": 0}
-    shown = []
-    for i, row in enumerate(pairs.head(limit).itertuples(index=False)):
+    head, shown, originals = pairs.head(limit), [], {}
+    for split in set(head["split_a"]) | set(head["split_b"]):  # each split's pictures read in one call
+        ids = list(dict.fromkeys([*head.loc[head["split_a"] == split, "sample_id_a"],
+                                  *head.loc[head["split_b"] == split, "sample_id_b"]]))
+        originals[split] = dict(zip(ids, _originals(sources[split], ids), strict=True))
+    for i, row in enumerate(head.itertuples(index=False)):
         pictures = {}
         for side, split, sample_id in (("a", row.split_a, row.sample_id_a), ("b", row.split_b, row.sample_id_b)):
             name = f"dup-{i:03d}-{side}.png"
-            _display(_original(sources[split], sample_id)).save(assets / name)
+            _display(originals[split][sample_id]).save(assets / name)
             pictures[side] = f"assets/{name}"
         shown.append({**row._asdict(), "image_a": pictures["a"], "image_b": pictures["b"]})
     return {"counts": pair_counts(pairs), "pairs": shown, "total": len(pairs)}

@@ -258,3 +258,28 @@ def test_a_large_jpeg_decoded_at_reduced_scale_matches_the_full_decode_after_the
     image = reduced.images[list(reduced.sample_ids).index("a/big.jpg")]
     full = _decode.resize(_decode.decode_careful(tmp_path / "data" / "a" / "big.jpg"), (96, 96))
     assert np.abs(image.astype(int) - full.astype(int)).mean() < 3.0
+
+
+def _chosen_rows_agree_with_the_full_pass(source, size, rows):
+    full = {sid: image for b in source.batches(size, 3) for sid, image in zip(b.sample_ids, b.images, strict=True)}
+    chosen = list(source.batches(size, 2, rows=rows))
+    ids = [sid for b in chosen for sid in b.sample_ids]
+    assert sorted(ids) == sorted(source.sample_ids[rows])
+    assert all(len(b.labels) <= 2 for b in chosen)
+    for batch in chosen:
+        np.testing.assert_array_equal(batch.labels, source.labels[source.rows_of(batch.sample_ids)])
+        for sid, image in zip(batch.sample_ids, batch.images, strict=True):
+            np.testing.assert_array_equal(image, full[sid])
+
+
+def test_batches_of_chosen_rows_give_just_those_samples_as_the_full_pass_gives_them(tmp_path):
+    root = folder_of(tmp_path, {"a": 4, "b": 3})
+    save(root / "b" / "0000c.jpg", solid(mode="CMYK", colour=(0, 200, 200, 0)))  # for the careful decoder
+    folder = open_source(SourceSpec(kind="folder", name=str(root)))
+    assert list(folder.fast) == [True] * 5 + [False, True, True]
+    _chosen_rows_agree_with_the_full_pass(folder, (16, 16), np.array([1, 2, 5, 7]))
+    demo = open_source(SourceSpec(kind="synthetic", test_size=30))
+    _chosen_rows_agree_with_the_full_pass(demo, (24, 24), np.array([0, 13, 29]))
+    with tfds.testing.mock_data(num_examples=20):
+        tfds_source = open_source(SourceSpec(kind="tfds", name="cifar10", split="test", data_dir=str(tmp_path)))
+        _chosen_rows_agree_with_the_full_pass(tfds_source, (32, 32), np.array([2, 3, 11, 19]))

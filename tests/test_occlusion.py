@@ -242,3 +242,21 @@ def test_the_transplant_check_draws_each_triple_within_one_fold_and_predicts_it_
     assert result.samples == sum(per_fold) and sum(seen) == 2 * result.samples and all(per_fold)
     # Only the triples of fold 0, whose model looks at the corner, are called 'a'.
     assert result.class_rate == pytest.approx(per_fold[0] / sum(per_fold)) and result.control_rate == 0.0
+
+
+def test_a_check_decodes_its_images_in_one_pass_of_the_source_as_the_audit_did(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    from pipeline.datasets import TfdsSource
+
+    with tfds.testing.mock_data(num_examples=30):
+        source = open_source(SourceSpec(kind="tfds", name="cifar10", split="test", data_dir=str(tmp_path)))
+        audited = {sid: image for batch in source.batches((32, 32), 8)
+                   for sid, image in zip(batch.sample_ids, batch.images, strict=True)}
+        passes, read = [], TfdsSource._dataset
+        monkeypatch.setattr(TfdsSource, "_dataset", lambda self, *args: passes.append(1) or read(self, *args))
+        ids = source.sample_ids[[17, 2, 25, 9, 2]]  # in any order, one of them twice (a donor is also a recipient)
+        images, readable = occlusion._load(source, ids, (32, 32), batch_size=3)
+    assert len(passes) == 1 and readable.all() and len(images) == 5
+    for image, sample_id in zip(images, ids, strict=True):
+        np.testing.assert_array_equal(image, audited[sample_id])
