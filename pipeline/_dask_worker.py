@@ -12,7 +12,11 @@ line at WARNING with the error's text.
 from __future__ import annotations
 
 import logging
+import os
 
+#: Set by :func:`pipeline.flows.task_runner` for a local cluster: the cores each worker's TensorFlow may use (the
+#: machine's divided among the workers; each would otherwise use all of them, and the workers fight over the cores).
+THREADS_ENV = "GRADCAM_AUDIT_WORKER_THREADS"
 _HEARTBEAT = "Failed to communicate with scheduler during heartbeat"
 
 
@@ -36,3 +40,7 @@ def quiet() -> None:
 def dask_setup(worker) -> None:  # called by distributed's preloading with the worker being started
     quiet()
     logging.getLogger("distributed.worker").addFilter(HeartbeatFailure())
+    if os.environ.get(THREADS_ENV):  # before TensorFlow runs anything in this process
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(int(os.environ[THREADS_ENV]))

@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import tensorflow as tf
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     create_link_artifact,
@@ -85,6 +86,7 @@ def audit_shard(spec: SourceSpec, model_paths: list[str], config: AuditConfig, s
                           config.batch_size, fold_seed=config.seed, explorer_thumbnails=not config.link_images,
                           processes=processes)
     worker = {"start": start, "stop": stop, "host": socket.gethostname(), "pid": os.getpid(),
+              "threads": tf.config.threading.get_intra_op_parallelism_threads(),  # 0: TensorFlow's default, all cores
               "seconds": round(time.perf_counter() - tick, 3)}
     return dataclasses.replace(result, worker=worker)
 
@@ -150,20 +152,21 @@ def write_report(out: Path, config: AuditConfig, tables: findings.AuditTables,
 
 def task_runner(config: AuditConfig):
     """A DaskTaskRunner on the cluster at ``dask_address``, or on a local cluster of ``workers`` processes (one
-    thread each: TensorFlow already uses the cores it has, and :mod:`pipeline._dask_worker` preloaded); None for the
-    default, in-process runner."""
+    task thread each, and :mod:`pipeline._dask_worker` preloaded, which gives each worker's TensorFlow its share of
+    the machine's cores instead of all of them); None for the default, in-process runner."""
     if not (config.workers or config.dask_address):
         return None
     from prefect_dask import DaskTaskRunner
 
-    from ._dask_worker import quiet
+    from ._dask_worker import THREADS_ENV, quiet
 
     quiet()
     if config.dask_address:
         return DaskTaskRunner(address=config.dask_address)
+    share = max(1, len(os.sched_getaffinity(0)) // config.workers)
     return DaskTaskRunner(cluster_kwargs={"n_workers": config.workers, "threads_per_worker": 1,
                                           "processes": True, "dashboard_address": None,
-                                          "preload": ["pipeline._dask_worker"]})
+                                          "preload": ["pipeline._dask_worker"], "env": {THREADS_ENV: str(share)}})
 
 
 #: ``progress(samples_done, total, images_per_second)``, called after every shard (the CLI's live progress bar).

@@ -122,6 +122,10 @@ def test_shards_run_in_dask_worker_processes_and_give_the_sequential_samples_tab
     workers = {shard["pid"] for shard in parallel.meta["shards"]}
     assert len(parallel.meta["shards"]) == 8 and os.getpid() not in workers and 1 <= len(workers) <= 2
     assert [(s["start"], s["stop"]) for s in parallel.meta["shards"]] == [(i, i + 50) for i in range(0, 400, 50)]
+    # Each local worker's TensorFlow has its share of the cores; the audit's own process keeps TensorFlow's default.
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert {s["threads"] for s in parallel.meta["shards"]} == {share}
+    assert {s["threads"] for s in sequential.meta["shards"]} == {0}
 
 
 def free_port() -> int:
