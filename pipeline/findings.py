@@ -172,6 +172,7 @@ def build_tables(
                                              index=scored.index)], axis=1)
     classes = class_table(scored, class_names, image_size, thresholds, spots=spots)
     if reliance is not None:
+        reliance = _measured_once(reliance)  # the region chosen here is blamed below: one forward pass, not two
         choose_by_reliance(scored, classes, reliance, image_size, thresholds, spots)
     # A spot's column stays in the samples table only for the classes whose measured region it is.
     measured = set(classes["region_column"])
@@ -683,6 +684,23 @@ def choose_by_reliance(samples: pd.DataFrame, classes: pd.DataFrame, reliance: R
             figures |= {"shortcut_statistic": best, "shortcut_score": classes.loc[row, f"{best}_tail_share"]}
             for column, value in figures.items():
                 classes.loc[row, column] = value
+
+
+def _measured_once(reliance: Reliance) -> Reliance:
+    """``reliance`` that puts each class's region to the model once: a later call for the same class and region
+    gets the drops of the first."""
+    known = {}
+
+    def key(k: int, region: np.ndarray | None) -> tuple:
+        return k, None if region is None else (region.shape, np.packbits(region).tobytes())
+
+    def measured(regions: dict) -> dict:
+        new = {k: region for k, region in regions.items() if key(k, region) not in known}
+        for k, drops in (reliance(new) if new else {}).items():
+            known[key(k, new[k])] = drops
+        return {k: known[key(k, region)] for k, region in regions.items()}
+
+    return measured
 
 
 def region_words(row: dict, image_size: tuple[int, int]) -> str:

@@ -654,7 +654,8 @@ def test_when_the_band_and_the_true_background_both_pass_the_model_s_reliance_ch
                     reliance=reliance).classes
     row = classes.loc[1]
     assert classes.loc[1, "fixed_alternatives"] == "background_focus"
-    assert asked[:2] == [(1, "band"), (1, "background")]  # each region once for the choice (the band first) ...
+    # Each region once for the choice (the band first), and the one chosen not again for the samples' reliance.
+    assert asked == [(1, "band"), (1, "background")]
     # The class loses 2 log-odds more than the others where it relies on the region, half a log-odds less elsewhere.
     excess = (2.0, -0.5) if relied_on == "band" else (-0.5, 2.0)
     assert row["chosen_by"] == "reliance"
