@@ -69,8 +69,10 @@ def _transient(task, task_run, state) -> bool:
     return isinstance(error, OSError) and not isinstance(error, FileNotFoundError | PermissionError)
 
 
-@task(cache_key_fn=_shard_cache_key, persist_result=True, result_serializer="pickle", retries=2,
-      retry_delay_seconds=2, retry_condition_fn=_transient)
+# Persisted, not kept in memory by Prefect's result store as well: once merged, a shard's result is let go (Prefect's
+# in-memory cache of results held every shard to the end of the run, beside their merged copy).
+@task(cache_key_fn=_shard_cache_key, persist_result=True, cache_result_in_memory=False, result_serializer="pickle",
+      retries=2, retry_delay_seconds=2, retry_condition_fn=_transient)
 def audit_shard(spec: SourceSpec, model_paths: list[str], config: AuditConfig, start: int, stop: int,
                 dataset_fingerprint: str, model_fingerprint: str) -> samples.ShardResult:
     """Grad-CAM and statistics of samples ``start`` to ``stop`` (each with its fold's model when cross-fitting).
@@ -287,7 +289,8 @@ def _audit(config: AuditConfig, source, out_dir: Path, progress: Progress | None
     timings["gradcam_s"], tick = time.perf_counter() - tick, time.perf_counter()
 
     thresholds = Thresholds.from_overrides(config.thresholds)
-    merged = samples.merge(shards)
+    merged, workers = samples.merge(shards), [shard.worker for shard in shards]
+    del shards  # the merged copy is all the run needs of them
     if merged.table.empty:
         raise AuditError("no sample of the split could be decoded; see the skipped inputs")
     spec, size = runs.source_spec(config), tuple(model_info["input_size"])
@@ -302,7 +305,7 @@ def _audit(config: AuditConfig, source, out_dir: Path, progress: Progress | None
         tables.samples, tables.classes, source.planted["class_name"])
     tables.meta = runs.run_record(config, source, model_info, tables, thresholds, created=now,
                                   skipped=source.skipped + merged.skipped, detection=detection, timings=timings,
-                                  workers=[shard.worker for shard in shards])
+                                  workers=workers)
     timings["total_s"] = time.perf_counter() - started  # everything up to writing the report, which records it
     report_dir = write_report(out_dir, config, tables, merged.sprite_sheets)
     _publish(report_dir, tables)

@@ -254,3 +254,27 @@ def test_local_dask_workers_log_a_heartbeat_to_a_gone_scheduler_as_one_line_not_
         ("WARNING", "heartbeat: the scheduler could not be reached (in <TCP (closed) ConnectionPool.heartbeat_worker>: "
                     "Stream is closed)"), ("INFO", "Stopping worker")]
     assert "Traceback" not in caplog.text
+
+
+def test_once_merged_no_shard_result_is_held_for_the_rest_of_the_run(tmp_path, monkeypatch):
+    import gc
+    import weakref
+
+    from pipeline import flows, samples
+
+    shards, alive, merge, find = [], [], samples.merge, flows.find
+
+    def merging(results):
+        shards.extend(weakref.ref(result) for result in results)
+        return merge(results)
+
+    def finding(*args, **kwargs):
+        gc.collect()
+        alive.append(sum(ref() is not None for ref in shards))
+        return find(*args, **kwargs)
+
+    monkeypatch.setattr(samples, "merge", merging)
+    monkeypatch.setattr(flows, "find", finding)
+    audit("demo", train_size=300, test_size=200, epochs=1, shard_size=50, out=str(tmp_path / "report"))
+    # Prefect's in-memory result cache held every shard to the end of the run, beside the merged copy.
+    assert len(shards) == 4 and alive == [0]
