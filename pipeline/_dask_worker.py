@@ -37,6 +37,13 @@ def quiet() -> None:
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
 
+def tensorflow_threads() -> int:
+    """The threads this process's TensorFlow runs an operation on (0: its default, every core)."""
+    import tensorflow as tf
+
+    return tf.config.threading.get_intra_op_parallelism_threads()
+
+
 def dask_setup(worker) -> None:  # called by distributed's preloading with the worker being started
     quiet()
     logging.getLogger("distributed.worker").addFilter(HeartbeatFailure())

@@ -17,7 +17,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import tensorflow as tf
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     create_link_artifact,
@@ -29,7 +28,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
-from . import _workers, findings, models, occlusion, report, runs, samples, sprites, validation
+from . import _dask_worker, _workers, findings, models, occlusion, report, runs, samples, sprites, validation
 from .config import AuditConfig, AuditResult, Thresholds
 from .datasets import SourceSpec, open_source
 from .errors import AuditError, quoted
@@ -88,7 +87,7 @@ def audit_shard(spec: SourceSpec, model_paths: list[str], config: AuditConfig, s
                           config.batch_size, fold_seed=config.seed, explorer_thumbnails=not config.link_images,
                           processes=processes)
     worker = {"start": start, "stop": stop, "host": socket.gethostname(), "pid": os.getpid(),
-              "threads": tf.config.threading.get_intra_op_parallelism_threads(),  # 0: TensorFlow's default, all cores
+              "threads": _dask_worker.tensorflow_threads(),
               "seconds": round(time.perf_counter() - tick, 3)}
     return dataclasses.replace(result, worker=worker)
 
@@ -160,15 +159,14 @@ def task_runner(config: AuditConfig):
         return None
     from prefect_dask import DaskTaskRunner
 
-    from ._dask_worker import THREADS_ENV, quiet
-
-    quiet()
+    _dask_worker.quiet()
     if config.dask_address:
         return DaskTaskRunner(address=config.dask_address)
     share = max(1, len(os.sched_getaffinity(0)) // config.workers)
     return DaskTaskRunner(cluster_kwargs={"n_workers": config.workers, "threads_per_worker": 1,
                                           "processes": True, "dashboard_address": None,
-                                          "preload": ["pipeline._dask_worker"], "env": {THREADS_ENV: str(share)}})
+                                          "preload": ["pipeline._dask_worker"],
+                                          "env": {_dask_worker.THREADS_ENV: str(share)}})
 
 
 #: ``progress(samples_done, total, images_per_second)``, called after every shard (the CLI's live progress bar).
