@@ -137,6 +137,21 @@ def resize(images: np.ndarray | tf.Tensor, size: tuple[int, int]) -> np.ndarray:
     return resize_tensor(images, size).numpy()
 
 
+#: Largest side of the one reduced copy of a batch that its small images are made from: the explorer's thumbnails
+#: (64 px), the foreground estimate's working images (48 px) and the duplicate search's thumbnails (32 px). One
+#: resize from the model's input size (0.2 ms a 160 px photo here) and two cheap ones from this copy, instead of three
+#: from the input size.
+PREVIEW_SIDE = 64
+
+
+def preview(images: np.ndarray) -> np.ndarray:
+    """``images`` (N, H, W, 3) with each side reduced to at most :data:`PREVIEW_SIDE` by :data:`RESIZE_POLICY` (as
+    they are when no side is larger). A small image made by resizing ``preview(images)`` is the same whether it is
+    given the images or their preview, so callers can share one."""
+    size = tuple(min(side, PREVIEW_SIDE) for side in images.shape[1:3])
+    return images if size == tuple(images.shape[1:3]) or not len(images) else resize(images, size)
+
+
 def resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize boolean masks (N, H, W) to ``size``: a pixel is foreground when most of its area was."""
     area = tf.image.resize(masks[..., None].astype(np.float32), size, method="area")

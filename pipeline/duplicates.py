@@ -26,7 +26,7 @@ import pandas as pd
 import scipy.fft
 from scipy.ndimage import gaussian_filter1d
 
-from ._decode import resize
+from ._decode import preview, resize
 from .config import Thresholds
 
 #: The defaults of the near-duplicate tests are those of the audit's thresholds.
@@ -108,8 +108,9 @@ DETAIL_SIGMAS = (1.0, 4.0)
 
 def thumbnails(images: np.ndarray) -> np.ndarray:
     """The RGB thumbnails (N, 32, 32, 3) uint8 that near duplicates are found from: each image resized (bilinear,
-    antialiased) to :data:`THUMBNAIL_SIZE`, whatever its aspect ratio."""
-    images = np.asarray(images)
+    antialiased) to :data:`THUMBNAIL_SIZE`, whatever its aspect ratio, from its reduced copy
+    (:func:`pipeline._decode.preview`, which may be given instead of the images)."""
+    images = preview(np.asarray(images))
     if images.shape[1:3] == (THUMBNAIL_SIZE, THUMBNAIL_SIZE):
         return images.astype(np.uint8, copy=True)
     return resize(images, (THUMBNAIL_SIZE, THUMBNAIL_SIZE))

@@ -199,14 +199,15 @@ def estimate_foreground(images: np.ndarray) -> np.ndarray:
 def working_images(images: np.ndarray) -> np.ndarray:
     """uint8 ``images`` (N, H, W, 3) at the working size (:data:`MAX_WORKING_SIZE`), as :func:`estimate_foreground`
     resizes them: the estimate of these is the same, at that size (the audit sends them to worker processes, 48 px
-    instead of the model's size)."""
-    size = images.shape[1:3]
-    work = tuple(min(side, MAX_WORKING_SIZE) for side in size)
-    if work == size or not len(images):
+    instead of the model's size). Made from the images' reduced copy (:func:`pipeline._decode.preview`, which may be
+    given instead of the images)."""
+    work = tuple(min(side, MAX_WORKING_SIZE) for side in images.shape[1:3])
+    if work == images.shape[1:3] or not len(images):
         return images
-    from ._decode import resize  # TensorFlow: here, not on import (the estimate's worker processes never resize)
+    from ._decode import preview, resize  # TensorFlow: here, not on import (the estimate's workers never resize)
 
-    return resize(images, work)
+    reduced = preview(images)
+    return reduced if work == reduced.shape[1:3] else resize(reduced, work)
 
 
 def full_size_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:

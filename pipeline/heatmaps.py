@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.ndimage import binary_dilation
+from scipy.special import xlogy
 from skimage.measure import label as label_regions
 
 #: Width of the border band as a fraction of the shorter side (4 px on a 32 px image).
@@ -39,7 +40,9 @@ def to_mass(cams: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     total = cams.sum(axis=(1, 2), dtype=np.float64)
     valid = np.isfinite(total) & (total > 0)
     scale = np.where(valid, 1.0 / np.where(valid, total, 1.0), np.nan).astype(cams.dtype)
-    return (np.clip(cams, 0, None) * scale[:, None, None]).astype(np.float32, copy=False), valid
+    mass = np.maximum(cams, 0)
+    mass *= scale[:, None, None]
+    return mass.astype(np.float32, copy=False), valid
 
 
 def _interpolation_matrix(source: int, target: int) -> np.ndarray:
@@ -223,15 +226,22 @@ def background_attention(mass: np.ndarray, foreground: np.ndarray) -> np.ndarray
 
     ``foreground`` is a boolean (N, H, W) mask at the heatmaps' resolution, True on the object.
     """
-    return (mass * ~np.asarray(foreground, dtype=bool)).sum(axis=(1, 2))
+    return _background(mass, foreground)[0]
 
 
 def background_focus(mass: np.ndarray, foreground: np.ndarray) -> np.ndarray:
     """Focus ratio on the background: :func:`background_attention` over the background's share of the image, so 1.0
     means no preference, as for the other regions; NaN for an image without background (all object)."""
-    share = (~np.asarray(foreground, dtype=bool)).mean(axis=(1, 2))
+    return _background(mass, foreground)[1]
+
+
+def _background(mass: np.ndarray, foreground: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`background_attention` and :func:`background_focus`, from one pass over the maps."""
+    background = ~np.asarray(foreground, dtype=bool)
+    attention = (mass * background).sum(axis=(1, 2))
+    share = background.mean(axis=(1, 2))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(share > 0, background_attention(mass, foreground) / share, np.nan)
+        return attention, np.where(share > 0, attention / share, np.nan)
 
 
 def concentration(mass: np.ndarray) -> np.ndarray:
@@ -240,7 +250,7 @@ def concentration(mass: np.ndarray) -> np.ndarray:
     ``1 - H(mass) / log(H * W)`` with ``H(p) = -sum p log p``; range [0, 1]: 0 for a uniform map, 1 for all the
     mass on one pixel.
     """
-    entropy = -(mass * np.log(np.where(mass > 0, mass, 1.0))).sum(axis=(1, 2))  # 0 log 0 = 0
+    entropy = -xlogy(mass, mass).sum(axis=(1, 2))  # 0 log 0 = 0
     return 1.0 - entropy / np.log(mass.shape[1] * mass.shape[2])
 
 
@@ -258,13 +268,14 @@ def summarise(mass: np.ndarray, foreground: np.ndarray) -> dict[str, np.ndarray]
     corner, which = _largest_corner(each)
     com_row, com_col = centre_of_mass(mass)
     peak_row, peak_col = peak(mass)
+    attention, background = _background(mass, foreground)
     return {
         "border_focus": border_focus(mass),
         "corner_focus": corner,
         "focus_corner": np.where(np.isnan(corner), "", np.asarray(CORNERS)[which]),
         **{"corner_focus_" + name.replace("-", "_"): each[:, c] for c, name in enumerate(CORNERS)},
-        "background_attention": background_attention(mass, foreground),
-        "background_focus": background_focus(mass, foreground),
+        "background_attention": attention,
+        "background_focus": background,
         "concentration": concentration(mass),
         "com_row": com_row,
         "com_col": com_col,

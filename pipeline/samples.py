@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from . import _workers, foreground, heatmaps, sprites
+from ._decode import preview
 from .config import Thresholds
 from .datasets import Source
 from .duplicates import THUMBNAIL_SIZE, find_duplicates, pixel_digests, thumbnails
@@ -39,9 +40,9 @@ class ShardResult:
 #: The stages of a shard timed by :func:`scan`: waiting for the source's next decoded batch (folder and tfds sources
 #: decode ahead in tf.data threads, so this is the part decoding does not hide), the Grad-CAM engine, statistics
 #: (upsampling, mass, summaries, the table), the foreground estimate (with worker processes, :mod:`pipeline._workers`,
-#: it runs beside the batch's Grad-CAM: this is the resize to its working size, sending, and the wait for the masks
-#: after the batch's Grad-CAM and statistics), and the digests and thumbnails of duplicates with the explorer's
-#: sprite sheets.
+#: it runs beside the batch's Grad-CAM: this is the batch's reduced copy (:func:`pipeline._decode.preview`), the
+#: resize to the working size, sending, and the wait for the masks after the batch's Grad-CAM and statistics), and
+#: the digests and thumbnails of duplicates with the explorer's sprite sheets.
 STAGES = ("decode_s", "gradcam_s", "statistics_s", "foreground_s", "thumbnails_s")
 
 
@@ -85,11 +86,11 @@ def scan(source: Source, explainers: list[GradCAM], start: int, stop: int, batch
         mask_kind = np.full(len(batch.labels), "none", dtype=object) if batch.mask_kind is None \
             else batch.mask_kind.astype(object)
         missing = mask_kind != "true"
-        # The estimate runs in worker processes beside the batch's Grad-CAM: foreground_s is the resize to its working
+        small = preview(batch.images)  # what the estimate's images, the thumbnails and the sprite sheets are made from
+        # The estimate runs in worker processes beside the batch's Grad-CAM: foreground_s is the resizes to its working
         # size and the wait for it after.
-        estimate = _workers.split_map(foreground.estimate_foreground,
-                                      foreground.working_images(batch.images[missing]), processes) \
-            if missing.any() else None
+        estimate = _workers.split_map(foreground.estimate_foreground, foreground.working_images(small[missing]),
+                                      processes) if missing.any() else None
         stages["foreground_s"] += clock.lap()
         folds = cross_fit_folds(batch.sample_ids, len(explainers), fold_seed) if len(explainers) > 1 else None
         out = explain_by_fold(explainers, batch.images, batch.labels, folds)
@@ -127,9 +128,9 @@ def scan(source: Source, explainers: list[GradCAM], start: int, stop: int, batch
         label_cams.append(out.cam_label.astype(np.float32))
         stages["statistics_s"] += clock.lap()
         digests.append(pixel_digests(batch.images))
-        thumbs.append(thumbnails(batch.images))
+        thumbs.append(thumbnails(small))
         if writer is not None:
-            writer.add(batch.images)
+            writer.add(small)
         stages["thumbnails_s"] += clock.lap()
     if not tables:
         return ShardResult(pd.DataFrame(), np.zeros((0, len(source.class_names)), np.float32),

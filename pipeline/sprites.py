@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ._decode import resize
+from ._decode import preview, resize
 from .datasets import Source
 
 #: Largest side in pixels of an explorer thumbnail; smaller images keep their own size (32 px for CIFAR-10).
@@ -71,7 +71,9 @@ class SheetWriter:
         self._waiting = np.zeros((0, side, side, 3), np.uint8)
 
     def add(self, images: np.ndarray) -> None:
-        """Add a batch of images (n, H, W, 3) uint8 of any size, resized (bilinear, antialiased) to a square."""
+        """Add a batch of images (n, H, W, 3) uint8 of any size, resized (bilinear, antialiased) to a square from
+        their reduced copy (:func:`pipeline._decode.preview`, which may be given instead of the images)."""
+        images = preview(images)
         if images.shape[1:3] != (self.side, self.side) and len(images):
             images = resize(images, (self.side, self.side))
         self._waiting = np.concatenate([self._waiting, images.astype(np.uint8, copy=False)])

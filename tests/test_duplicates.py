@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import duplicates
-from pipeline._decode import resize
+from pipeline import duplicates, foreground, sprites
+from pipeline._decode import PREVIEW_SIDE, preview, resize
 from pipeline.config import Thresholds
 from pipeline.duplicates import COLUMNS, find_duplicates, pixel_digests, thumbnails
 
@@ -211,6 +211,25 @@ def test_thumbnails_resize_any_image_size_to_32_pixels_and_keep_32_pixel_images_
     assert thumbnails(large).shape == (1, 32, 32, 3)
     assert np.abs(thumbnails(large).astype(int) - small).mean() < 8
 
+
+
+def test_a_batchs_small_images_are_the_same_made_from_its_reduced_copy_and_close_to_a_direct_resize():
+    rng = np.random.default_rng(0)
+    photos = resize(rng.integers(0, 256, (6, 40, 40, 3), dtype=np.uint8), (160, 160))  # detail down to 4 px
+    small = preview(photos)
+    assert small.shape == (6, PREVIEW_SIDE, PREVIEW_SIDE, 3)
+    # Each consumer gives the same whether handed the batch or the copy the audit shares between them.
+    np.testing.assert_array_equal(thumbnails(small), thumbnails(photos))
+    np.testing.assert_array_equal(foreground.working_images(small), foreground.working_images(photos))
+    sheets = []
+    for given in (photos, small):
+        writer = sprites.SheetWriter(64)
+        writer.add(given)
+        sheets.append(writer.finish().sheets)
+    assert sheets[0] == sheets[1]
+    # Two antialiased steps blur a little more than one, on this worst case of detail at every scale.
+    assert np.abs(thumbnails(photos).astype(int) - resize(photos, (32, 32))).mean() < 5
+    assert preview(small[:, :32]).shape == (6, 32, 64, 3)  # no side grows, none is reduced that is small enough
 
 # --- the pixel test of near duplicates: different pictures on one flat colour ----------------------------------
 

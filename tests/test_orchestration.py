@@ -117,7 +117,10 @@ def test_shards_run_in_dask_worker_processes_and_give_the_sequential_samples_tab
     parallel = audit("demo", out=str(tmp_path / "dask"), workers=2, shard_size=50, **options)
     # The workers (whose output is this process's) report to this process's temporary server: none starts its own.
     assert "Starting temporary server" not in capfd.readouterr().err
-    pd.testing.assert_frame_equal(sequential.samples, parallel.samples)
+    # The same up to float32 rounding: a local worker's TensorFlow runs on its share of the cores, and a reduction
+    # split over fewer threads rounds differently (a probability near 1 is exact to about 1e-7, and so is a
+    # difference of two, such as a reliance, however small it is).
+    pd.testing.assert_frame_equal(sequential.samples, parallel.samples, rtol=1e-5, atol=1e-6)
     assert {shard["pid"] for shard in sequential.meta["shards"]} == {os.getpid()}
     workers = {shard["pid"] for shard in parallel.meta["shards"]}
     assert len(parallel.meta["shards"]) == 8 and os.getpid() not in workers and 1 <= len(workers) <= 2
