@@ -17,8 +17,9 @@ from .gradcam import CamBatch, GradCAM, explain_by_fold
 from .heatmaps import upsample
 from .models import cross_fit_folds
 
-#: Bump when the columns or arrays of a shard result change: persisted shard results of older versions are not reused.
-TABLE_VERSION = 9
+#: Bump when the columns or arrays of a shard result change, or how they are computed: persisted shard results of older
+#: versions are not reused (10: images larger than 64 px give their thumbnails and estimated masks from a 64 px copy).
+TABLE_VERSION = 10
 
 
 @dataclass(frozen=True)
