@@ -78,6 +78,9 @@ def photo_model(work: Path) -> Path:
 
     path = work / "mobilenetv2-035-160.keras"
     if not path.exists():
+        # Seeded: the same untrained weights on every machine, so that runs elsewhere meet the same findings (an
+        # unseeded one gave shortcut candidates on one host, whose checks cost a forward pass over every photo).
+        keras.utils.set_random_seed(0)
         backbone = keras.applications.MobileNetV2(input_shape=(160, 160, 3), alpha=0.35, include_top=False,
                                                   weights=None, pooling="avg")
         outputs = keras.layers.Dense(2, activation="softmax")(backbone.output)

@@ -44,6 +44,9 @@ class Thresholds:
     # ... and this share of the class's images lose more evidence (log-odds) when it is blanked than the tail_quantile
     # of the other classes' images (3x the 5% expected; below min_tail_share, so a shortcut of a fifth of a class holds)
     min_reliance_share: float = 0.15
+    # ... a drop of the log-odds counts only from this size on (the odds of the label fall by a fifth; below it,
+    # blanking the region costs no image much, and beating the others' quantile is noise against noise)
+    min_reliance_drop: float = 0.25
     # ... and a candidate whose mean drop falls short is confirmed when this share of its images do (5x the 5%
     # expected; at least min_reliance_share)
     min_reliance_confirm_share: float = 0.25
@@ -98,6 +101,7 @@ THRESHOLD_RANGES = {
     "min_occlusion_drop": (-1.0, 1.0),
     "min_reliance_share": (0.0, 1.0),
     "min_reliance_confirm_share": (0.0, 1.0),
+    "min_reliance_drop": (0.0, float("inf")),
     "min_transplant_excess": (-1.0, 1.0),
     "spot_share": (0.0, 1.0),
     "min_spot_excess": (0.0, 1.0),

@@ -519,17 +519,19 @@ def _values(samples: pd.DataFrame, column: str) -> np.ndarray:
     return samples[column].to_numpy(dtype=float) if column in samples else np.full(len(samples), np.nan)
 
 
-def _tail(values: np.ndarray, mine: np.ndarray, quantile: float) -> tuple[np.ndarray, float]:
-    """Samples of the class above the ``quantile`` of the other classes' values, and that cut-off."""
+def _tail(values: np.ndarray, mine: np.ndarray, quantile: float, floor: float = -np.inf) -> tuple[np.ndarray, float]:
+    """Samples of the class above the ``quantile`` of the other classes' values (and above ``floor``), and that
+    cut-off."""
     others = values[~mine & np.isfinite(values)]
-    cutoff = float(np.quantile(others, quantile)) if len(others) else np.inf
+    cutoff = max(float(np.quantile(others, quantile)), floor) if len(others) else np.inf
     return mine & (values > cutoff), cutoff
 
 
-def _tail_share(values: np.ndarray, mine: np.ndarray, quantile: float) -> tuple[float, float]:
-    """The share of the class's measured (finite) values above the ``quantile`` of the other classes' (NaN when none
-    is measured), and that cut-off."""
-    tail, cutoff = _tail(values, mine, quantile)
+def _tail_share(values: np.ndarray, mine: np.ndarray, quantile: float,
+                floor: float = -np.inf) -> tuple[float, float]:
+    """The share of the class's measured (finite) values above the ``quantile`` of the other classes' (and above
+    ``floor``; NaN when none is measured), and that cut-off."""
+    tail, cutoff = _tail(values, mine, quantile, floor)
     measured = (mine & np.isfinite(values)).sum()
     return (tail.sum() / measured if measured else np.nan), cutoff
 
@@ -775,9 +777,11 @@ def evidence(row: dict, image_size: tuple[int, int], thresholds: Thresholds = DE
     elif status == "candidate" and row["flagged"]:
         sentence += "; no causal check was made"
     if row.get("reliance_column"):
+        floored = row["reliance_cutoff"] <= thresholds.min_reliance_drop
         sentence += (f"; image by image, {row['reliance_tail_share']:.0%} of '{row['class_name']}' images lose more "
                      f"of the evidence for their label when it is blanked than {quantile:.0%} of other classes' images "
-                     f"(a drop of its log-odds above {row['reliance_cutoff']:.2f})")
+                     f"(a drop of its log-odds above {row['reliance_cutoff']:.2f}"
+                     + (", the least that counts" if floored else "") + ")")
         if reliance_refutes(row, thresholds):
             pasted = row.get("confirmed_by") == "transplant"
             sentence += (f", fewer than {thresholds.min_reliance_share:.0%}: its images do not bear the check out one "
@@ -896,13 +900,14 @@ def record_reliance(samples: pd.DataFrame, classes: pd.DataFrame, drops: dict,
     gets the column ``background_reliance``. The classes table gets ``reliance_column`` (empty for a class not
     measured), ``reliance_mean`` (the class's mean drop), ``reliance_auroc`` (P(a sample of the class drops more
     than a sample of another class)), ``reliance_tail_share`` (share of the class above ``reliance_cutoff``, the
-    ``tail_quantile`` of the other classes' drops), and ``sample_score`` ``reliance``: it ranks the class's samples
-    (:func:`shortcut_values`) and joins the focus in their ``uses_shortcut`` flag (:func:`flag_samples`). A class
-    confirmed by the causal check whose reliance refutes it (:func:`reliance_refutes`) becomes ``not confirmed``, and
-    one not confirmed by it whose reliance bears it out (:func:`reliance_confirms`) becomes ``confirmed``. The
-    drop is asked of the model itself, image by image, where a low-resolution heatmap only says roughly where the model
-    looked: it ranked the images carrying a planted artifact above the others better in every validation run where
-    it was measured (README, Self-validation).
+    ``tail_quantile`` of the other classes' drops, or ``min_reliance_drop`` where that is larger: when blanking the
+    region costs no image much, a share beyond the others' quantile compares noise with noise), and ``sample_score``
+    ``reliance``: it ranks the class's samples (:func:`shortcut_values`) and joins the focus in their
+    ``uses_shortcut`` flag (:func:`flag_samples`). A class confirmed by the causal check whose reliance refutes it
+    (:func:`reliance_refutes`) becomes ``not confirmed``, and one not confirmed by it whose reliance bears it out
+    (:func:`reliance_confirms`) becomes ``confirmed``. The drop is asked of the model itself, image by image, where a
+    low-resolution heatmap only says roughly where the model looked: it ranked the images carrying a planted artifact
+    above the others better in every validation run where it was measured (README, Self-validation).
     """
     classes["reliance_column"] = ""
     for column in RELIANCE_FIGURES:
@@ -913,7 +918,7 @@ def record_reliance(samples: pd.DataFrame, classes: pd.DataFrame, drops: dict,
         column = reliance_column(k, background=classes.loc[row, "region_kind"] == "background")
         columns[column] = values = np.asarray(values, dtype=float)
         mine = labels == k
-        share, cutoff = _tail_share(values, mine, thresholds.tail_quantile)
+        share, cutoff = _tail_share(values, mine, thresholds.tail_quantile, thresholds.min_reliance_drop)
         finite = mine & np.isfinite(values)
         classes.loc[row, ["reliance_column", "sample_score"]] = [column, "reliance"]
         classes.loc[row, list(RELIANCE_FIGURES)] = [
@@ -932,8 +937,9 @@ def reliance_confirms(row: pd.Series, thresholds: Thresholds = DEFAULT_THRESHOLD
     probability, which barely moves for images the model is sure of: on CIFAR-10 with a patch on half the ships
     (README, Self-validation), the stamped ships were all right and the class's excess drop was -0.01 and -0.03 in
     two trainings, while 60% of the class lost more log-odds than 95% of the other classes' images. Clean candidates
-    of the validation runs had reliance tail shares of 0.07 at most; classes that learnt a planted artifact 0.39 to
-    0.69."""
+    of the CIFAR-10 validation runs had reliance tail shares of 0.07 at most; classes that learnt a planted artifact
+    0.39 to 0.69. Without the ``min_reliance_drop`` floor, clean candidates of the reduced demo's weak models reached
+    0.63 on drops of 0.10 log-odds (``benchmarks/reliance_margins_demo.py``, README)."""
     share = row["reliance_tail_share"]
     return bool(np.isfinite(share) and share >= thresholds.min_reliance_confirm_share)
 

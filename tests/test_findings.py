@@ -59,10 +59,12 @@ def table_with_corner_subpopulation(k: int, share: float = 0.3) -> tuple[pd.Data
     return samples, probs
 
 
-def build(samples, probs, occlusion=None, cams=None, thumbnails=None, reliance=None, transplant=None):
-    """The findings of a table whose given labels' CAMs are the predicted ones (and their statistics)."""
+def build(samples, probs, occlusion=None, cams=None, thumbnails=None, reliance=None, transplant=None, thresholds=None):
+    """The findings of a table whose given labels' CAMs are the predicted ones (and their statistics), by the default
+    thresholds with ``thresholds`` (name -> value) changed."""
     cams = np.ones((len(samples), 4, 4), dtype=np.float32) if cams is None else cams
-    return findings.build_tables(same_evidence(samples), probs, cams, cams, CLASSES, (32, 32), findings.Thresholds(),
+    return findings.build_tables(same_evidence(samples), probs, cams, cams, CLASSES, (32, 32),
+                                 findings.Thresholds.from_overrides(thresholds),
                                  occlusion=occlusion, reliance=reliance, transplant=transplant, thumbnails=thumbnails)
 
 
@@ -530,7 +532,8 @@ def test_a_flagged_class_s_samples_use_the_shortcut_when_they_look_at_the_region
     assert (findings.shortcut_tail(tables.samples, tables.classes, 2, "focus") == looking).all()
     assert (findings.shortcut_tail(tables.samples, tables.classes, 2, "reliance") == relying).all()
     assert "; image by image, 50% of 'c' images lose more of the evidence for their label when it is blanked " \
-        "than 95% of other classes' images (a drop of its log-odds above 0.0" in row["evidence"]
+        "than 95% of other classes' images (a drop of its log-odds above 0.25, the least that counts)" in \
+        row["evidence"]  # the others' 95% quantile (0.03) is below the floor of a drop that counts
     # Classes without a candidate have no reliance, and keep their focus as their score.
     assert tables.classes.loc[0, "reliance_column"] == "" and tables.classes.loc[0, "sample_score"] == "focus"
 
@@ -554,6 +557,29 @@ def test_a_class_whose_images_rely_on_its_region_one_by_one_is_flagged_though_it
                 "drop (0.01) is below 0.05, so the class is flagged"
     assert (bears_out in row["evidence"]) == flagged and ("not flagged" in row["evidence"]) != flagged
     assert row["evidence"].startswith("likely shortcut:" if flagged else "shortcut candidate, not confirmed:")
+
+
+@pytest.mark.parametrize(("drop", "floor", "flagged"), [(0.1, None, False), (0.4, None, True), (0.1, 0.0, True)])
+def test_images_that_beat_the_others_only_by_a_drop_too_small_to_count_do_not_confirm_a_class(drop, floor, flagged):
+    """The reduced demo's clean squares: blanking the border band costs no image much, a third of the squares 0.1
+    log-odds and the other classes' images 0.02 at most, so all of them beat the others' 95% quantile; confirmed
+    by that alone, a clean class was flagged. Such drops are below ``min_reliance_drop`` (0.25) and count for
+    nothing; with the floor at 0, the same images confirm it."""
+    samples, probs = table_with_border_class(2)
+    labels = samples["label"].to_numpy()
+    mine = np.flatnonzero(labels == 2)
+    relying = np.isin(np.arange(len(labels)), mine[:len(mine) // 3])
+    noise = np.random.default_rng(4).uniform(-0.02, 0.02, len(labels))
+    drops = np.where(relying, drop, np.where(labels == 2, 0.0, noise))
+    thresholds = {} if floor is None else {"min_reliance_drop": floor}
+    tables = build(samples, probs, occlusion=lambda k, region, population: occlusion_result(0.01),
+                   reliance=lambda regions: {k: drops for k in regions}, thresholds=thresholds)
+    row = tables.classes.loc[2]
+    assert row["reliance_cutoff"] == pytest.approx(0.25 if floor is None else np.quantile(noise[labels != 2], 0.95))
+    assert row["reliance_tail_share"] == pytest.approx(1 / 3 if flagged else 0.0, abs=0.01)
+    assert row["flagged"] == flagged and row["confirmed_by"] == ("reliance" if flagged else "")
+    uses = tables.samples["flags"].str.contains("uses_shortcut").to_numpy()
+    assert uses.any() == flagged and not (uses & ~relying).any()
 
 
 def test_a_reliance_share_that_would_both_confirm_and_refute_is_refused():
